@@ -1,0 +1,344 @@
+"""The pure decisions of worker.download, and write_json_atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import stat
+from pathlib import Path
+
+import pytest
+
+from worker.download import (
+    Action,
+    ContentRange,
+    DownloadPermanent,
+    backoff,
+    backoff_ceiling,
+    check_complete,
+    check_url,
+    display_url,
+    parse_content_length,
+    parse_content_range,
+    plan_reply,
+    request_headers,
+    resume_offset,
+    write_json_atomic,
+)
+
+MB = 1024 * 1024
+
+
+# -- check_url -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://example.com/video.mp4",
+        "https://cdn.example.com/a/b.mp4?sig=abc&exp=1",
+        "HTTPS://EXAMPLE.COM/x",
+        "http://127.0.0.1:8080/x",
+        "http://[::1]:8080/x",
+    ],
+)
+def test_check_url_accepts_http_and_https(url: str) -> None:
+    assert check_url(url) == url
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/video.mp4",
+        "file:///etc/passwd",
+        "",
+        "http://",
+        "https:///path/only",
+        "//example.com/video.mp4",
+        "example.com/video.mp4",
+        "javascript:alert(1)",
+        "http://[::1/x",
+        "http://example.com:99999/x",
+    ],
+)
+def test_check_url_rejects_everything_else(url: str) -> None:
+    with pytest.raises(DownloadPermanent, match="URL"):
+        check_url(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("https://cdn.example.com/v.mp4?sig=secret", "https://cdn.example.com/v.mp4"),
+        ("http://user:pw@host:8080/a#frag", "http://host:8080/a"),
+    ],
+)
+def test_display_url_drops_secrets(url: str, shown: str) -> None:
+    assert display_url(url) == shown
+
+
+# -- backoff -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempt", "ceiling"),
+    [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (50, 60.0), (10_000, 60.0)],
+)
+def test_backoff_ceiling_doubles_up_to_the_cap(attempt: int, ceiling: float) -> None:
+    assert backoff_ceiling(attempt) == ceiling
+
+
+@pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 13, 100, 10_000])
+@pytest.mark.parametrize(("base", "cap"), [(1.0, 60.0), (0.5, 10.0), (2.0, 3.0)])
+def test_backoff_stays_within_zero_and_the_ceiling(attempt: int, base: float, cap: float) -> None:
+    rng = random.Random(attempt)
+    delays = [backoff(attempt, base=base, cap=cap, rng=rng) for _ in range(200)]
+    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 100))
+    assert all(0.0 <= d <= ceiling <= cap for d in delays)
+    # Full jitter: the delays spread over the whole interval.
+    assert min(delays) < 0.25 * ceiling
+    assert max(delays) > 0.75 * ceiling
+
+
+class _Highest(random.Random):
+    """A Random that always draws the top of the interval."""
+
+    def random(self) -> float:
+        return 1.0
+
+
+@pytest.mark.parametrize("attempt", range(2, 8))
+def test_backoff_grows_with_attempt_until_the_cap(attempt: int) -> None:
+    rng = _Highest()
+    assert backoff(attempt, rng=rng) > backoff(attempt - 1, rng=rng)
+    assert backoff(attempt + 10, rng=rng) == 60.0
+
+
+def test_backoff_with_seeded_rng_is_reproducible() -> None:
+    first = [backoff(n, rng=random.Random(7)) for n in range(1, 10)]
+    again = [backoff(n, rng=random.Random(7)) for n in range(1, 10)]
+    assert first == again
+
+
+@pytest.mark.parametrize("attempt", [0, -1])
+def test_backoff_counts_attempts_from_one(attempt: int) -> None:
+    with pytest.raises(ValueError, match="from 1"):
+        backoff(attempt)
+
+
+# -- header parsing ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("bytes 0-99/100", ContentRange(0, 99, 100)),
+        ("bytes 100-2999/3000", ContentRange(100, 2999, 3000)),
+        ("BYTES 5-5/6", ContentRange(5, 5, 6)),
+        (" bytes 10-19/* ", ContentRange(10, 19, None)),
+        (None, None),
+        ("", None),
+        ("bytes */3000", None),
+        ("bytes 10-5/100", None),
+        ("bytes 0-100/100", None),
+        ("bytes=0-99/100", None),
+        ("items 0-9/10", None),
+        ("bytes -1-5/10", None),
+        ("bytes 0-99/100, bytes 0-1/2", None),
+    ],
+)
+def test_parse_content_range(value: str | None, parsed: ContentRange | None) -> None:
+    assert parse_content_range(value) == parsed
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [("3000", 3000), (" 0 ", 0), (None, None), ("", None), ("-1", None), ("1e3", None)],
+)
+def test_parse_content_length(value: str | None, parsed: int | None) -> None:
+    assert parse_content_length(value) == parsed
+
+
+# -- what to do with a reply ---------------------------------------------------------------
+
+CAP = 10 * MB
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "offset", "total", "action", "start", "size", "ranges", "restart"),
+    [
+        # A fresh 200: write from 0; resumable only if it advertised byte ranges.
+        (200, {"Content-Length": "3000"}, 0, None, Action.WRITE, 0, 3000, False, False),
+        (200, {"Content-Length": "3000", "Accept-Ranges": "bytes"}, 0, None,
+         Action.WRITE, 0, 3000, True, False),
+        (200, {"accept-ranges": "none"}, 0, None, Action.WRITE, 0, None, False, False),
+        # 200 to a Range request: the server ignored it, start over from byte 0.
+        (200, {"Content-Length": "3000"}, 1000, 3000, Action.WRITE, 0, 3000, False, False),
+        # Over the cap: refuse before reading.
+        (200, {"Content-Length": str(CAP + 1)}, 0, None, Action.FAIL, 0, None, False, False),
+        (200, {"Content-Length": str(CAP)}, 0, None, Action.WRITE, 0, CAP, False, False),
+        # A good 206 continues where we stopped.
+        (206, {"Content-Range": "bytes 1000-2999/3000", "Content-Length": "2000"}, 1000, 3000,
+         Action.WRITE, 1000, 3000, True, False),
+        (206, {"Content-Range": "bytes 1000-1999/3000"}, 1000, 3000,
+         Action.WRITE, 1000, 3000, True, False),
+        # A 206 we cannot trust: retry, starting over.
+        (206, {"Content-Range": "bytes 0-2999/3000"}, 1000, 3000,
+         Action.RETRY, 0, None, False, True),
+        (206, {"Content-Range": "bytes 1000-3999/4000"}, 1000, 3000,
+         Action.RETRY, 0, None, False, True),
+        (206, {"Content-Range": "bytes 1000-2999/*"}, 1000, 3000,
+         Action.RETRY, 0, None, False, True),
+        (206, {}, 1000, 3000, Action.RETRY, 0, None, False, True),
+        (206, {"Content-Range": "bytes 1000-2999/3000", "Content-Length": "5"}, 1000, 3000,
+         Action.RETRY, 0, None, False, True),
+        (206, {"Content-Range": f"bytes 10-19/{CAP + 1}"}, 10, None,
+         Action.FAIL, 0, None, False, False),
+        (416, {"Content-Range": "bytes */3000"}, 1000, 3000, Action.RETRY, 0, None, False, True),
+        # Transient server trouble: retry, keep what we have.
+        (500, {}, 1000, 3000, Action.RETRY, 0, None, False, False),
+        (502, {}, 0, None, Action.RETRY, 0, None, False, False),
+        (503, {}, 0, None, Action.RETRY, 0, None, False, False),
+        (429, {}, 0, None, Action.RETRY, 0, None, False, False),
+        (408, {}, 0, None, Action.RETRY, 0, None, False, False),
+        # Never going to work.
+        (400, {}, 0, None, Action.FAIL, 0, None, False, False),
+        (401, {}, 0, None, Action.FAIL, 0, None, False, False),
+        (403, {}, 0, None, Action.FAIL, 0, None, False, False),
+        (404, {}, 1000, 3000, Action.FAIL, 0, None, False, False),
+        (410, {}, 0, None, Action.FAIL, 0, None, False, False),
+        (416, {}, 0, None, Action.FAIL, 0, None, False, False),
+        (204, {}, 0, None, Action.FAIL, 0, None, False, False),
+        (304, {}, 0, None, Action.FAIL, 0, None, False, False),
+    ],
+)  # fmt: skip
+def test_plan_reply(
+    status: int,
+    headers: dict[str, str],
+    offset: int,
+    total: int | None,
+    action: Action,
+    start: int,
+    size: int | None,
+    ranges: bool,
+    restart: bool,
+) -> None:
+    plan = plan_reply(status, headers, offset=offset, total=total, max_bytes=CAP)
+    assert (plan.action, plan.offset, plan.total, plan.ranges, plan.restart) == (
+        action,
+        start,
+        size,
+        ranges,
+        restart,
+    )
+    assert plan.reason
+
+
+@pytest.mark.parametrize(
+    ("received", "total", "ranges", "offset"),
+    [
+        (1000, 3000, True, 1000),
+        (1000, 3000, False, 0),
+        (1000, None, True, 0),
+        (0, 3000, True, 0),
+        (3000, 3000, True, 0),
+        (3500, 3000, True, 0),
+    ],
+)
+def test_resume_offset(received: int, total: int | None, ranges: bool, offset: int) -> None:
+    assert resume_offset(received, total, ranges) == offset
+
+
+@pytest.mark.parametrize(
+    ("offset", "etag", "expected"),
+    [
+        (0, '"v1"', {"Accept-Encoding": "identity"}),
+        (5, None, {"Accept-Encoding": "identity", "Range": "bytes=5-"}),
+        (5, '"v1"', {"Accept-Encoding": "identity", "Range": "bytes=5-", "If-Range": '"v1"'}),
+        (5, 'W/"v1"', {"Accept-Encoding": "identity", "Range": "bytes=5-"}),
+    ],
+)
+def test_request_headers(offset: int, etag: str | None, expected: dict[str, str]) -> None:
+    assert request_headers(offset, etag) == expected
+
+
+@pytest.mark.parametrize(
+    ("received", "total", "complete"),
+    [(3000, 3000, True), (0, 0, True), (5, None, True), (2999, 3000, False), (3001, 3000, False)],
+)
+def test_check_complete(received: int, total: int | None, complete: bool) -> None:
+    assert (check_complete(received, total) is None) is complete
+
+
+# -- write_json_atomic ---------------------------------------------------------------------
+
+
+def test_write_json_atomic_writes_valid_json_and_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "meta" / "video.json"
+    data = {"id": "abc", "bytes": 3, "tags": ["é", 1], "nested": {"ok": True}}
+
+    write_json_atomic(path, data)
+
+    assert json.loads(path.read_text(encoding="utf-8")) == data
+    assert sorted(p.name for p in path.parent.iterdir()) == ["video.json"]
+
+
+def test_write_json_atomic_replaces_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "video.json"
+    write_json_atomic(path, {"version": 1, "long": "x" * 1000})
+
+    write_json_atomic(path, {"version": 2})
+
+    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
+
+
+def test_write_json_atomic_failure_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "video.json"
+    write_json_atomic(path, {"version": 1})
+
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"version": object()})
+
+    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
+
+
+def test_write_json_atomic_removes_the_temp_when_the_replace_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "video.json"
+    path.write_text('{"version": 1}', encoding="utf-8")
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr("worker.download.os.replace", refuse)
+    with pytest.raises(OSError, match="disk on fire"):
+        write_json_atomic(path, {"version": 2})
+
+    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
+
+
+def test_write_json_atomic_syncs_the_file_then_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        fsync(fd)
+
+    def spy_replace(src: Path, dst: Path) -> None:
+        events.append("replace")
+        replace(src, dst)
+
+    monkeypatch.setattr("worker.download.os.fsync", spy_fsync)
+    monkeypatch.setattr("worker.download.os.replace", spy_replace)
+
+    write_json_atomic(tmp_path / "video.json", {"ok": True})
+
+    assert events == ["fsync-file", "replace", "fsync-dir"]

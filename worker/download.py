@@ -1,0 +1,499 @@
+"""Streaming, atomic, resumable download of one file over HTTP(S).
+
+The archiver calls `download_file` to copy a video to local storage before the provider
+deletes it. The body streams into a hidden temp file beside the destination while it is
+hashed; only a complete file is moved into place (`os.replace`), so the destination never
+holds a partial video. Failed attempts are retried with backoff, resuming with a `Range`
+request when the server supports it.
+
+The decisions (is this URL acceptable, how long to wait, what to do with a reply, where to
+resume) are pure functions below; `download_file` only does the I/O they ask for.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+import requests
+
+__all__ = [
+    "Action",
+    "ContentRange",
+    "DownloadError",
+    "DownloadPermanent",
+    "DownloadRetryable",
+    "Downloaded",
+    "Plan",
+    "backoff",
+    "backoff_ceiling",
+    "check_complete",
+    "check_url",
+    "display_url",
+    "download_file",
+    "parse_content_length",
+    "parse_content_range",
+    "plan_reply",
+    "request_headers",
+    "resume_offset",
+    "write_json_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 425, 429})
+"""Client-error statuses that mean "try again later" rather than "never"."""
+
+
+class DownloadError(Exception):
+    """The download failed."""
+
+
+class DownloadRetryable(DownloadError):
+    """The download failed for now (network, 5xx, truncated body); a later attempt may work."""
+
+
+class DownloadPermanent(DownloadError):
+    """The download can never work (bad URL, 4xx, too large, deadline passed)."""
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A complete file at `path`."""
+
+    path: Path
+    bytes: int
+    sha256: str
+
+
+# -- pure decisions ----------------------------------------------------------------------
+
+
+def check_url(url: str) -> str:
+    """Return `url` if it is an http(s) URL with a host; raise DownloadPermanent otherwise."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise DownloadPermanent(f"malformed URL {url!r}: {exc}") from exc
+    if parts.scheme.lower() not in ("http", "https"):
+        raise DownloadPermanent(f"only http and https URLs can be downloaded, not {url!r}")
+    if not parts.hostname:
+        raise DownloadPermanent(f"URL has no host: {url!r}")
+    return url
+
+
+def display_url(url: str) -> str:
+    """`url` without query string, fragment or credentials, safe to log (signed URLs)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+def backoff_ceiling(attempt: int, *, base: float = 1.0, cap: float = 60.0) -> float:
+    """Largest delay before retry number `attempt` (1 for the first retry): base * 2**(n-1)."""
+    if attempt < 1:
+        raise ValueError(f"attempt counts from 1, got {attempt}")
+    exponent = min(attempt - 1, 64)  # 2.0**64 is far past any cap; avoids float overflow
+    return min(cap, base * 2.0**exponent)
+
+
+def backoff(
+    attempt: int, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before retry number `attempt`: exponential backoff with full jitter.
+
+    Uniform in [0, min(cap, base * 2**(attempt-1))], so many workers retrying the same
+    server spread out instead of arriving together.
+    """
+    ceiling = backoff_ceiling(attempt, base=base, cap=cap)
+    if rng is None:
+        return random.uniform(0.0, ceiling)
+    return rng.uniform(0.0, ceiling)
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ContentRange:
+    """A parsed `Content-Range: bytes start-end/total` (end inclusive; total None for `*`)."""
+
+    start: int
+    end: int
+    total: int | None
+
+
+def parse_content_range(value: str | None) -> ContentRange | None:
+    """Parse a byte `Content-Range` header; None if it is missing or malformed."""
+    if value is None:
+        return None
+    match = _CONTENT_RANGE.fullmatch(value.strip())
+    if match is None:
+        return None
+    start, end = int(match[1]), int(match[2])
+    total = None if match[3] == "*" else int(match[3])
+    if end < start or (total is not None and end >= total):
+        return None
+    return ContentRange(start, end, total)
+
+
+def parse_content_length(value: str | None) -> int | None:
+    """Parse `Content-Length`; None if it is missing or not a plain non-negative integer."""
+    if value is None:
+        return None
+    value = value.strip()
+    return int(value) if value.isdigit() and value.isascii() else None
+
+
+class Action(enum.Enum):
+    """What to do with a reply."""
+
+    WRITE = "write"  # stream the body into the file at Plan.offset
+    RETRY = "retry"  # discard the reply, back off, try again
+    FAIL = "fail"  # give up for good
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The decision for one HTTP reply, taken from its status and headers alone."""
+
+    action: Action
+    reason: str
+    offset: int = 0
+    """WRITE: where the body starts in the file; 0 means start over."""
+    total: int | None = None
+    """WRITE: size of the complete file, when the server said."""
+    ranges: bool = False
+    """WRITE: may a later attempt resume with a Range request?"""
+    restart: bool = False
+    """RETRY: the bytes received so far cannot be resumed; the next attempt starts at 0."""
+
+
+def _headers_lower(headers: Mapping[str, str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in headers.items()}
+
+
+def _accepts_byte_ranges(headers: Mapping[str, str]) -> bool:
+    value = headers.get("accept-ranges", "")
+    return "bytes" in (token.strip().lower() for token in value.split(","))
+
+
+def plan_reply(
+    status: int, headers: Mapping[str, str], *, offset: int, total: int | None, max_bytes: int
+) -> Plan:
+    """Decide what to do with a reply to a request for the file from byte `offset` on.
+
+    `total` is the complete size learnt from earlier replies (None if unknown). A 206 is
+    accepted only if its Content-Range starts at exactly `offset` and its total matches;
+    a 200 to a Range request means the server ignored it, so the file restarts at 0.
+    """
+    h = _headers_lower(headers)
+    if status == 200:
+        length = parse_content_length(h.get("content-length"))
+        if length is not None and length > max_bytes:
+            return Plan(Action.FAIL, f"Content-Length {length} exceeds the cap of {max_bytes}")
+        reason = "server ignored Range, sent the whole file" if offset else "whole file"
+        return Plan(Action.WRITE, reason, 0, length, _accepts_byte_ranges(h))
+    if status == 206:
+        return _plan_partial(h, offset=offset, total=total, max_bytes=max_bytes)
+    if status == 416 and offset:
+        return Plan(Action.RETRY, f"416 for Range from byte {offset}", restart=True)
+    if status in RETRYABLE_STATUSES or 500 <= status <= 599:
+        return Plan(Action.RETRY, f"HTTP {status}")
+    return Plan(Action.FAIL, f"HTTP {status}")
+
+
+def _plan_partial(h: Mapping[str, str], *, offset: int, total: int | None, max_bytes: int) -> Plan:
+    raw = h.get("content-range")
+    content_range = parse_content_range(raw)
+    if content_range is None or content_range.total is None:
+        return Plan(Action.RETRY, f"206 with unusable Content-Range {raw!r}", restart=True)
+    if content_range.start != offset:
+        return Plan(
+            Action.RETRY,
+            f"206 starts at byte {content_range.start}, asked for {offset}",
+            restart=True,
+        )
+    if total is not None and content_range.total != total:
+        return Plan(
+            Action.RETRY,
+            f"file size changed from {total} to {content_range.total}",
+            restart=True,
+        )
+    if content_range.total > max_bytes:
+        return Plan(Action.FAIL, f"file size {content_range.total} exceeds the cap of {max_bytes}")
+    length = parse_content_length(h.get("content-length"))
+    span = content_range.end - content_range.start + 1
+    if length is not None and length != span:
+        return Plan(
+            Action.RETRY,
+            f"206 Content-Length {length} disagrees with Content-Range {raw!r}",
+            restart=True,
+        )
+    return Plan(Action.WRITE, f"resuming at byte {offset}", offset, content_range.total, True)
+
+
+def resume_offset(received: int, total: int | None, ranges: bool) -> int:
+    """Byte to ask for next: `received` if the server can resume a file of known size, else 0."""
+    if ranges and total is not None and 0 < received < total:
+        return received
+    return 0
+
+
+def request_headers(offset: int, etag: str | None) -> dict[str, str]:
+    """Headers for a request from byte `offset`; If-Range guards a resume with a strong ETag."""
+    headers = {"Accept-Encoding": "identity"}  # byte offsets and sizes refer to the raw file
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+        if etag and not etag.startswith("W/"):
+            headers["If-Range"] = etag
+    return headers
+
+
+def check_complete(received: int, total: int | None) -> str | None:
+    """Why a body that ended after `received` bytes is incomplete, or None if it is whole."""
+    if total is None or received == total:
+        return None
+    if received < total:
+        return f"body truncated at byte {received} of {total}"
+    return f"body ran {received - total} bytes past its announced size {total}"
+
+
+# -- I/O ---------------------------------------------------------------------------------
+
+
+def _create_temp(dest: Path, suffix: str) -> tuple[IO[bytes], Path]:
+    """Open a new hidden file beside `dest` (permissions from the umask, like a plain open)."""
+    while True:
+        temp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{suffix}")
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:  # pragma: no cover - 48 random bits
+            continue
+        return os.fdopen(fd, "wb"), temp
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(handle: IO[bytes], temp: Path, dest: Path) -> None:
+    """Make `temp` durable and move it over `dest` in one step."""
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+    os.replace(temp, dest)
+    _fsync_dir(dest.parent)
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write `data` as JSON to `path` so that readers see the old or the new file, never half."""
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = _create_temp(path, ".tmp")
+    try:
+        with handle:
+            handle.write(text.encode("utf-8"))
+            _commit(handle, temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+class _Part:
+    """The temp file being filled, its running hash and what the server told us so far."""
+
+    def __init__(self, handle: IO[bytes]) -> None:
+        self.handle = handle
+        self.hasher = hashlib.sha256()
+        self.received = 0
+        self.written = 0  # bytes written over all attempts, to tell progress from a stall
+        self.total: int | None = None
+        self.ranges = False
+        self.etag: str | None = None
+
+    def restart(self) -> None:
+        self.handle.seek(0)
+        self.handle.truncate()
+        self.hasher = hashlib.sha256()
+        self.received = 0
+
+    def write(self, chunk: bytes) -> None:
+        self.handle.write(chunk)
+        self.hasher.update(chunk)
+        self.received += len(chunk)
+        self.written += len(chunk)
+
+
+def _attempt(
+    http: requests.Session,
+    url: str,
+    part: _Part,
+    *,
+    max_bytes: int,
+    timeout: tuple[float, float],
+    chunk_size: int,
+) -> str | None:
+    """One request. None when the file is complete, else why this attempt fell short."""
+    offset = resume_offset(part.received, part.total, part.ranges)
+    headers = request_headers(offset, part.etag)
+    with http.get(url, headers=headers, stream=True, timeout=timeout) as reply:
+        plan = plan_reply(
+            reply.status_code, reply.headers, offset=offset, total=part.total, max_bytes=max_bytes
+        )
+        if plan.action is Action.FAIL:
+            raise DownloadPermanent(f"{display_url(url)}: {plan.reason}")
+        if plan.action is Action.RETRY:
+            if plan.restart:
+                part.ranges = False
+            return plan.reason
+        if plan.offset != part.received:
+            if part.received:
+                log.info(
+                    "download %s: starting over, dropping %d bytes (%s)",
+                    display_url(url),
+                    part.received,
+                    plan.reason,
+                )
+            part.restart()
+        part.total, part.ranges = plan.total, plan.ranges
+        if plan.offset == 0:
+            part.etag = reply.headers.get("ETag")
+        for chunk in reply.iter_content(chunk_size):
+            part.write(chunk)
+            if part.received > max_bytes:
+                raise DownloadPermanent(
+                    f"{display_url(url)}: body exceeds the cap of {max_bytes} bytes"
+                )
+    return check_complete(part.received, part.total)
+
+
+_PERMANENT_REQUEST_ERRORS = (
+    requests.exceptions.InvalidURL,
+    requests.exceptions.InvalidSchema,
+    requests.exceptions.MissingSchema,
+    requests.exceptions.TooManyRedirects,
+)
+
+
+def download_file(
+    url: str,
+    dest: Path,
+    *,
+    deadline: float,
+    max_bytes: int = 4 * 1024**3,
+    session: requests.Session | None = None,
+    timeout: tuple[float, float] = (5.0, 30.0),
+    chunk_size: int = 1024 * 1024,
+    max_attempts: int | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Downloaded:
+    """Download `url` to `dest` atomically, retrying and resuming until `deadline`.
+
+    `deadline` is in `clock()` seconds (epoch by default). It decides whether another
+    attempt starts; a transfer in progress is bounded by `timeout` (connect, read) instead.
+    Raises DownloadPermanent for what can never work, DownloadRetryable when the attempts or
+    the time ran out; either way `dest` is untouched and no temp file remains. Errors of the
+    local disk (OSError) propagate unchanged.
+    """
+    check_url(url)
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    now = clock()
+    if now >= deadline:
+        raise DownloadPermanent(f"{display_url(url)}: deadline passed {now - deadline:.0f}s ago")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    http = session or requests.Session()
+    handle, temp = _create_temp(dest, ".part")
+    try:
+        with handle:
+            part = _Part(handle)
+            _fetch(
+                http,
+                url,
+                part,
+                deadline=deadline,
+                max_bytes=max_bytes,
+                timeout=timeout,
+                chunk_size=chunk_size,
+                max_attempts=max_attempts,
+                clock=clock,
+                sleep=sleep,
+            )
+            _commit(handle, temp, dest)
+        return Downloaded(dest, part.received, part.hasher.hexdigest())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    finally:
+        if session is None:
+            http.close()
+
+
+def _fetch(
+    http: requests.Session,
+    url: str,
+    part: _Part,
+    *,
+    deadline: float,
+    max_bytes: int,
+    timeout: tuple[float, float],
+    chunk_size: int,
+    max_attempts: int | None,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> None:
+    """Attempt until `part` is complete; backoff starts over after an attempt that progressed."""
+    attempt = streak = 0
+    while True:
+        attempt += 1
+        written = part.written
+        try:
+            reason = _attempt(
+                http, url, part, max_bytes=max_bytes, timeout=timeout, chunk_size=chunk_size
+            )
+        except _PERMANENT_REQUEST_ERRORS as exc:
+            raise DownloadPermanent(f"{display_url(url)}: {exc}") from exc
+        except requests.RequestException as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        if reason is None:
+            return
+        if max_attempts is not None and attempt >= max_attempts:
+            raise DownloadRetryable(
+                f"{display_url(url)}: gave up after {attempt} attempts: {reason}"
+            )
+        streak = 1 if part.written > written else streak + 1
+        delay = backoff(streak)
+        if clock() + delay >= deadline:
+            raise DownloadRetryable(
+                f"{display_url(url)}: deadline reached after {attempt} attempts: {reason}"
+            )
+        log.warning(
+            "download %s: attempt %d failed (%s); retrying in %.1fs from byte %d",
+            display_url(url),
+            attempt,
+            reason,
+            delay,
+            resume_offset(part.received, part.total, part.ranges),
+        )
+        sleep(delay)
