@@ -1,0 +1,616 @@
+"""The extension chain: its state and every decision about it, with no I/O.
+
+A chain is a JSON document. Every change is ``apply(chain, event, now) -> Outcome``: a new
+chain plus the work to enqueue once the new state is committed. The Redis shell
+(``worker.store``) runs ``apply`` inside a WATCH/MULTI transaction, so concurrent callbacks,
+duplicate deliveries and retries all see one linear history.
+
+What must happen next (poll a quiet task, submit a step, archive a video) is *derived* from the
+state by ``schedule()``; the store mirrors it into a sorted set that the beat sweep reads, so a
+process that dies between committing and enqueueing never loses work.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from kling.models import Task, TaskKind, TaskStatus
+
+MAX_TOTAL_SECONDS = 180.0
+MAX_STEP_SECONDS = 5.0
+TEXT2VIDEO_SECONDS = (5, 10)
+
+
+class ChainStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class EndReason(StrEnum):
+    TARGET_REACHED = "target_reached"
+    STEPS_DONE = "steps_done"
+    CAP_REACHED = "cap_reached"
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"  # not yet sent; safe to send
+    SUBMITTING = "submitting"  # a worker claimed it; a create may be in flight
+    SUBMITTED = "submitted"  # the provider accepted it
+    PROCESSING = "processing"
+    SUCCEED = "succeed"
+    FAILED = "failed"
+    ATTENTION = "attention"  # a create may have been billed and cannot be confirmed
+
+    @property
+    def active(self) -> bool:
+        return self in (StepStatus.SUBMITTED, StepStatus.PROCESSING)
+
+    @property
+    def done(self) -> bool:
+        return self in (StepStatus.SUCCEED, StepStatus.FAILED, StepStatus.ATTENTION)
+
+
+class ArchiveStatus(StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Verdict(StrEnum):
+    """What a worker that asked to act on a step or video should do."""
+
+    GO = "go"  # you hold the claim: send the create / download the file
+    RECONCILE = "reconcile"  # an earlier attempt may have been billed: look it up first
+    SKIP = "skip"  # nothing to do (done already, or someone else holds a live claim)
+
+
+@dataclass
+class Spec:
+    """What the user asked for; fixed at creation."""
+
+    video_id: str | None = None
+    task_id: str | None = None
+    text_prompt: str | None = None
+    text_duration: int = 5
+    source_duration: float | None = None
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    cfg_scale: float | None = None
+    prompts: list[str] = field(default_factory=list)
+    target_seconds: float | None = None
+    steps: int | None = None
+
+
+@dataclass
+class Step:
+    index: int
+    kind: str
+    external_task_id: str
+    status: StepStatus = StepStatus.PENDING
+    prompt: str | None = None
+    parent_video_id: str | None = None
+    parent_task_id: str | None = None
+    task_id: str | None = None
+    video_id: str | None = None
+    video_url: str | None = None
+    duration: float | None = None
+    video_created_at: float | None = None
+    error: str | None = None
+    error_code: int | None = None
+    owner: str | None = None
+    claimed_at: float | None = None
+    first_try_at: float | None = None
+    retry_at: float | None = None
+    news_at: float | None = None
+
+
+@dataclass
+class ArchiveEntry:
+    video_id: str
+    step: int
+    url: str
+    duration: float | None
+    created_at: float | None
+    status: ArchiveStatus = ArchiveStatus.PENDING
+    path: str | None = None
+    bytes: int | None = None
+    sha256: str | None = None
+    error: str | None = None
+    owner: str | None = None
+    claimed_at: float | None = None
+    retry_at: float | None = None
+
+
+@dataclass
+class Chain:
+    id: str
+    spec: Spec
+    created_at: float
+    updated_at: float
+    steps: list[Step] = field(default_factory=list)
+    archive: list[ArchiveEntry] = field(default_factory=list)
+    end_reason: EndReason | None = None
+    error: str | None = None
+    waiting: str | None = None
+
+    # -- derived views -------------------------------------------------------------------
+    @property
+    def duration(self) -> float | None:
+        """Seconds of the newest good video (the source's, if known, before any step)."""
+        for step in reversed(self.steps):
+            if step.status is StepStatus.SUCCEED:
+                return step.duration
+        return self.spec.source_duration
+
+    @property
+    def status(self) -> ChainStatus:
+        ended = self.end_reason is not None or self.error is not None
+        if ended and all(a.status is not ArchiveStatus.PENDING for a in self.archive):
+            return ChainStatus.FAILED if self.error is not None else ChainStatus.SUCCEEDED
+        if not ended and all(s.first_try_at is None for s in self.steps):
+            return ChainStatus.QUEUED
+        return ChainStatus.RUNNING
+
+    def step(self, index: int) -> Step:
+        if not 0 <= index < len(self.steps):
+            raise KeyError(f"chain {self.id} has no step {index}")
+        return self.steps[index]
+
+    def entry(self, video_id: str) -> ArchiveEntry:
+        for entry in self.archive:
+            if entry.video_id == video_id:
+                return entry
+        raise KeyError(f"chain {self.id} has no video {video_id}")
+
+    # -- serialisation -------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Chain:
+        data = json.loads(raw)
+        return cls(
+            id=data["id"],
+            spec=Spec(**data["spec"]),
+            created_at=data["created_at"],
+            updated_at=data["updated_at"],
+            steps=[Step(**{**s, "status": StepStatus(s["status"])}) for s in data["steps"]],
+            archive=[
+                ArchiveEntry(**{**a, "status": ArchiveStatus(a["status"])}) for a in data["archive"]
+            ],
+            end_reason=EndReason(data["end_reason"]) if data["end_reason"] else None,
+            error=data["error"],
+            waiting=data["waiting"],
+        )
+
+    def view(self) -> dict[str, Any]:
+        """The chain as the HTTP API shows it."""
+        return {
+            "id": self.id,
+            "status": self.status.value,
+            "end_reason": self.end_reason.value if self.end_reason else None,
+            "error": self.error,
+            "waiting": self.waiting,
+            "duration": self.duration,
+            "target_seconds": self.spec.target_seconds,
+            "steps_requested": self.spec.steps,
+            "source": {
+                "video_id": self.spec.video_id,
+                "task_id": self.spec.task_id,
+                "text_prompt": self.spec.text_prompt,
+            },
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "steps": [
+                {
+                    "index": s.index,
+                    "kind": s.kind,
+                    "task_id": s.task_id,
+                    "status": s.status.value,
+                    "parent_video_id": s.parent_video_id,
+                    "video_id": s.video_id,
+                    "duration": s.duration,
+                    "error": s.error,
+                }
+                for s in self.steps
+            ],
+            "archive": [
+                {
+                    "video_id": a.video_id,
+                    "status": a.status.value,
+                    "path": a.path,
+                    "bytes": a.bytes,
+                    "sha256": a.sha256,
+                    "duration": a.duration,
+                    "error": a.error,
+                }
+                for a in self.archive
+            ],
+        }
+
+
+# -- pure rules ------------------------------------------------------------------------------
+def fits_under_cap(duration: float) -> bool:
+    """True when one more extension (at most 5 s) cannot take the video past 180 s."""
+    return duration + MAX_STEP_SECONDS <= MAX_TOTAL_SECONDS
+
+
+def end_reason_after(spec: Spec, duration: float | None, extensions_done: int) -> EndReason | None:
+    """Why the chain stops now, or None when one more extension is due.
+
+    A target or step count the user set wins over the cap when both hold at once.
+    """
+    if spec.target_seconds is not None and duration is not None and duration >= spec.target_seconds:
+        return EndReason.TARGET_REACHED
+    if spec.steps is not None and extensions_done >= spec.steps:
+        return EndReason.STEPS_DONE
+    if duration is not None and not fits_under_cap(duration):
+        return EndReason.CAP_REACHED
+    return None
+
+
+def external_task_id(chain_id: str, index: int) -> str:
+    """Deterministic per step, so "was this step created already?" can be asked."""
+    return f"kc-{chain_id}-{index}"
+
+
+def _extend_prompt(spec: Spec, extension_number: int) -> str | None:
+    if extension_number < len(spec.prompts):
+        return spec.prompts[extension_number]
+    return spec.prompt
+
+
+def _extensions_done(chain: Chain) -> int:
+    return sum(
+        1
+        for s in chain.steps
+        if s.kind == TaskKind.VIDEO_EXTEND.value and s.status is StepStatus.SUCCEED
+    )
+
+
+def _new_extension(chain: Chain, parent_video_id: str | None, parent_task_id: str | None) -> Step:
+    index = len(chain.steps)
+    number = sum(1 for s in chain.steps if s.kind == TaskKind.VIDEO_EXTEND.value)
+    return Step(
+        index=index,
+        kind=TaskKind.VIDEO_EXTEND.value,
+        external_task_id=external_task_id(chain.id, index),
+        prompt=_extend_prompt(chain.spec, number),
+        parent_video_id=parent_video_id,
+        parent_task_id=parent_task_id,
+    )
+
+
+def new_chain(chain_id: str, spec: Spec, now: float) -> Chain:
+    """A chain with its first step pending. The spec must already be validated."""
+    chain = Chain(id=chain_id, spec=spec, created_at=now, updated_at=now)
+    if spec.text_prompt is not None:
+        chain.steps.append(
+            Step(
+                index=0,
+                kind=TaskKind.TEXT2VIDEO.value,
+                external_task_id=external_task_id(chain_id, 0),
+                prompt=spec.text_prompt,
+            )
+        )
+    else:
+        chain.steps.append(_new_extension(chain, spec.video_id, spec.task_id))
+    return chain
+
+
+# -- events ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Claim:
+    """A worker asks to submit step ``index``."""
+
+    index: int
+    owner: str
+    lease: float
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """The provider accepted (or a lookup found) the create for step ``index``."""
+
+    index: int
+    task: Task
+
+
+@dataclass(frozen=True)
+class SubmitRetry:
+    """Nothing was created; try again at ``retry_at``."""
+
+    index: int
+    reason: str
+    retry_at: float
+    deadline: float
+
+
+@dataclass(frozen=True)
+class SubmitFailed:
+    index: int
+    message: str
+    code: int | None = None
+
+
+@dataclass(frozen=True)
+class NeedsAttention:
+    """A create may have been billed and the provider cannot tell us: stop, don't pay twice."""
+
+    index: int
+    message: str
+
+
+@dataclass(frozen=True)
+class TaskUpdate:
+    """The provider's own query reply for step ``index`` (never a raw callback body)."""
+
+    index: int
+    task: Task
+
+
+@dataclass(frozen=True)
+class ArchiveClaim:
+    video_id: str
+    owner: str
+    lease: float
+
+
+@dataclass(frozen=True)
+class Archived:
+    video_id: str
+    path: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class ArchiveRetry:
+    video_id: str
+    reason: str
+    retry_at: float
+
+
+@dataclass(frozen=True)
+class ArchiveFailed:
+    video_id: str
+    message: str
+
+
+Event = (
+    Claim
+    | Submitted
+    | SubmitRetry
+    | SubmitFailed
+    | NeedsAttention
+    | TaskUpdate
+    | ArchiveClaim
+    | Archived
+    | ArchiveRetry
+    | ArchiveFailed
+)
+
+
+@dataclass(frozen=True)
+class SubmitStep:
+    index: int
+
+
+@dataclass(frozen=True)
+class ArchiveVideo:
+    video_id: str
+
+
+Action = SubmitStep | ArchiveVideo
+
+
+@dataclass
+class Outcome:
+    chain: Chain
+    actions: list[Action] = field(default_factory=list)
+    verdict: Verdict = Verdict.SKIP
+
+
+def apply(chain: Chain, event: Event, now: float) -> Outcome:
+    """The one way a chain changes. Never mutates ``chain``; stale events change nothing."""
+    new = copy.deepcopy(chain)
+    out = Outcome(new)
+    match event:
+        case Claim():
+            _claim(new, event, now, out)
+        case Submitted():
+            _submitted(new, event, now)
+        case SubmitRetry():
+            _submit_retry(new, event, now)
+        case SubmitFailed():
+            step = new.step(event.index)
+            if step.status in (StepStatus.PENDING, StepStatus.SUBMITTING):
+                step.status = StepStatus.FAILED
+                step.error, step.error_code = event.message, event.code
+                _fail(new, f"step {event.index}: {event.message}")
+        case NeedsAttention():
+            step = new.step(event.index)
+            if step.status is StepStatus.SUBMITTING:
+                step.status = StepStatus.ATTENTION
+                step.error = event.message
+                _fail(new, f"step {event.index} needs attention: {event.message}")
+        case TaskUpdate():
+            _task_update(new, event, now, out)
+        case ArchiveClaim():
+            _archive_claim(new, event, now, out)
+        case Archived():
+            entry = new.entry(event.video_id)
+            if entry.status is ArchiveStatus.PENDING:
+                entry.status = ArchiveStatus.DONE
+                entry.path, entry.bytes, entry.sha256 = event.path, event.bytes, event.sha256
+                entry.owner = entry.claimed_at = entry.retry_at = None
+                entry.error = None
+        case ArchiveRetry():
+            entry = new.entry(event.video_id)
+            if entry.status is ArchiveStatus.PENDING:
+                entry.error, entry.retry_at = event.reason, event.retry_at
+                entry.owner = entry.claimed_at = None
+        case ArchiveFailed():
+            entry = new.entry(event.video_id)
+            if entry.status is ArchiveStatus.PENDING:
+                entry.status, entry.error = ArchiveStatus.FAILED, event.message
+                entry.owner = entry.claimed_at = None
+                if new.error is None and _is_newest_video(new, entry):
+                    new.error = f"archiving video {entry.video_id} failed: {event.message}"
+    if new != chain:
+        new.updated_at = now
+    return out
+
+
+def _claim(chain: Chain, event: Claim, now: float, out: Outcome) -> None:
+    step = chain.step(event.index)
+    if chain.error is not None or chain.end_reason is not None:
+        return
+    if step.status is StepStatus.PENDING:
+        if step.retry_at is not None and step.retry_at > now:
+            return  # backing off; the scheduled retry will come back
+        step.status, step.owner, step.claimed_at = StepStatus.SUBMITTING, event.owner, now
+        step.first_try_at = step.first_try_at or now
+        out.verdict = Verdict.GO
+    elif step.status is StepStatus.SUBMITTING:
+        lease_over = step.claimed_at is None or now - step.claimed_at >= event.lease
+        if lease_over or step.owner == event.owner:
+            # The holder died or this is the same task redelivered after a crash: a create
+            # may have gone out. Never send blindly; look it up.
+            step.owner, step.claimed_at = event.owner, now
+            out.verdict = Verdict.RECONCILE
+
+
+def _submitted(chain: Chain, event: Submitted, now: float) -> None:
+    step = chain.step(event.index)
+    if step.status not in (StepStatus.PENDING, StepStatus.SUBMITTING):
+        return
+    step.status = StepStatus.SUBMITTED
+    step.task_id = event.task.task_id
+    step.owner = step.claimed_at = step.retry_at = None
+    step.error = None
+    step.news_at = now
+    chain.waiting = None
+
+
+def _submit_retry(chain: Chain, event: SubmitRetry, now: float) -> None:
+    step = chain.step(event.index)
+    if step.status is not StepStatus.SUBMITTING:
+        return
+    if now >= event.deadline:
+        step.status, step.error = StepStatus.FAILED, f"gave up: {event.reason}"
+        _fail(
+            chain, f"step {event.index}: provider kept failing until the deadline: {event.reason}"
+        )
+        return
+    step.status, step.owner, step.claimed_at = StepStatus.PENDING, None, None
+    step.retry_at = event.retry_at
+    chain.waiting = f"step {event.index}: {event.reason}; retrying in {event.retry_at - now:.0f} s"
+
+
+def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> None:
+    step = chain.step(event.index)
+    task = event.task
+    if step.task_id is None or task.task_id != step.task_id or step.status.done:
+        return  # unknown, foreign, or already settled: duplicates and stale news stop here
+    step.news_at = now
+    if task.status is TaskStatus.PROCESSING and step.status is StepStatus.SUBMITTED:
+        step.status = StepStatus.PROCESSING
+    elif task.status is TaskStatus.FAILED:
+        step.status = StepStatus.FAILED
+        step.error = task.status_msg or "the provider reported the task as failed"
+        _fail(chain, f"step {event.index} failed: {step.error}")
+    elif task.status is TaskStatus.SUCCEED:
+        video = task.video
+        if video is None:
+            step.status, step.error = (
+                StepStatus.FAILED,
+                "the provider reported success with no video",
+            )
+            _fail(chain, f"step {event.index} failed: {step.error}")
+            return
+        step.status = StepStatus.SUCCEED
+        step.video_id, step.video_url, step.duration = video.id, video.url, video.duration
+        created = task.created_at_ms / 1000 if task.created_at_ms else now
+        step.video_created_at = created
+        chain.archive.append(
+            ArchiveEntry(
+                video_id=video.id,
+                step=step.index,
+                url=video.url,
+                duration=video.duration,
+                created_at=created,
+            )
+        )
+        out.actions.append(ArchiveVideo(video.id))
+        reason = end_reason_after(chain.spec, video.duration, _extensions_done(chain))
+        if reason is not None:
+            chain.end_reason = reason
+            chain.waiting = None
+        else:
+            nxt = _new_extension(chain, video.id, step.task_id)
+            chain.steps.append(nxt)
+            out.actions.append(SubmitStep(nxt.index))
+
+
+def _archive_claim(chain: Chain, event: ArchiveClaim, now: float, out: Outcome) -> None:
+    entry = chain.entry(event.video_id)
+    if entry.status is not ArchiveStatus.PENDING:
+        return
+    if entry.retry_at is not None and entry.retry_at > now:
+        return
+    live = entry.claimed_at is not None and now - entry.claimed_at < event.lease
+    if live and entry.owner != event.owner:
+        return
+    entry.owner, entry.claimed_at = event.owner, now
+    out.verdict = Verdict.GO
+
+
+def _is_newest_video(chain: Chain, entry: ArchiveEntry) -> bool:
+    return max(a.step for a in chain.archive) == entry.step
+
+
+def _fail(chain: Chain, message: str) -> None:
+    if chain.error is None and chain.end_reason is None:
+        chain.error = message
+    chain.waiting = None
+
+
+# -- the derived schedule ---------------------------------------------------------------------
+def schedule(
+    chain: Chain, *, poll_after: float, submit_lease: float, archive_lease: float
+) -> dict[str, float]:
+    """Work the chain is owed, as ``{"kind|chain|ref": due_time}``.
+
+    The beat sweep enqueues what is due; a lost callback, a dead worker or a crash between
+    commit and enqueue all end up here.
+    """
+    due: dict[str, float] = {}
+    ended = chain.error is not None or chain.end_reason is not None
+    for step in chain.steps:
+        if step.status.active:
+            due[f"poll|{chain.id}|{step.index}"] = (step.news_at or chain.updated_at) + poll_after
+        elif not ended and step.status is StepStatus.PENDING:
+            due[f"submit|{chain.id}|{step.index}"] = (
+                step.retry_at if step.retry_at is not None else chain.updated_at + submit_lease
+            )
+        elif not ended and step.status is StepStatus.SUBMITTING:
+            due[f"submit|{chain.id}|{step.index}"] = (
+                step.claimed_at or chain.updated_at
+            ) + submit_lease
+    for entry in chain.archive:
+        if entry.status is ArchiveStatus.PENDING:
+            if entry.retry_at is not None:
+                at = entry.retry_at
+            elif entry.claimed_at is not None:
+                at = entry.claimed_at + archive_lease
+            else:
+                at = chain.updated_at + submit_lease
+            due[f"archive|{chain.id}|{entry.video_id}"] = at
+    return due

@@ -1,0 +1,103 @@
+"""Configuration, read once from the environment.
+
+The names are the service's contract (README, Procfile, docker-compose.yml): keep them.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kling.auth import Auth, auth_from
+from kling.client import KlingClient
+
+
+class ConfigError(Exception):
+    """The service's configuration is incomplete or invalid."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    redis_url: str = "redis://localhost:6379/0"
+    key_prefix: str = Field("kc:", description="prefix of every Redis key this service writes")
+    celery_queue: str = "kling-chain"
+
+    kling_base_url: AnyHttpUrl = AnyHttpUrl("https://api-singapore.klingai.com")
+    kling_api_key: SecretStr | None = None
+    kling_access_key: str | None = None
+    kling_secret_key: SecretStr | None = None
+    kling_send_parent_task_id: bool = True
+    kling_external_task_id: bool = True
+    kling_timeout_seconds: float = Field(30.0, gt=0)
+
+    public_url: AnyHttpUrl = AnyHttpUrl("http://localhost:8000")
+    callback_secret: SecretStr | None = None
+
+    archive_dir: Path = Path("./archive")
+    archive_max_bytes: int = Field(4 * 1024**3, gt=0)
+    archive_margin_seconds: float = Field(24 * 3600.0, ge=0)
+
+    poll_after_seconds: float = Field(120.0, gt=0)
+    sweep_seconds: float = Field(10.0, gt=0)
+    submit_lease_seconds: float = Field(120.0, gt=0)
+    archive_lease_seconds: float = Field(900.0, gt=0)
+    retry_deadline_seconds: float = Field(1800.0, gt=0)
+    recheck_after_seconds: float = Field(20.0, ge=0)
+
+    port: int = Field(8000, gt=0, lt=65536)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError("must be non-empty and contain no spaces")
+        return value
+
+    def secret(self) -> bytes:
+        if self.callback_secret is None or len(self.callback_secret.get_secret_value()) < 16:
+            raise ConfigError(
+                "CALLBACK_SECRET must be set to a random string of at least 16 characters "
+                "(it signs the token in every callback URL); e.g. `openssl rand -hex 32`"
+            )
+        return self.callback_secret.get_secret_value().encode()
+
+    def provider_auth(self) -> Auth:
+        try:
+            return auth_from(
+                api_key=_reveal(self.kling_api_key),
+                access_key=self.kling_access_key,
+                secret_key=_reveal(self.kling_secret_key),
+            )
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+
+    def provider(self) -> KlingClient:
+        return KlingClient(
+            str(self.kling_base_url),
+            self.provider_auth(),
+            timeout=(5.0, self.kling_timeout_seconds),
+            send_parent_task_id=self.kling_send_parent_task_id,
+        )
+
+    def public_base(self) -> str:
+        return str(self.public_url).rstrip("/")
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings; a readable ConfigError instead of a stack of validation errors."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from exc

@@ -1,0 +1,139 @@
+"""Chain state in Redis: one JSON document per chain, changed only by atomic transitions.
+
+Keys (all under ``KEY_PREFIX``):
+- ``chain:{id}``  the chain document (``worker.chain.Chain``);
+- ``chains``      sorted set of chain ids by creation time (listing, newest first);
+- ``due``         sorted set of owed work (``worker.chain.schedule``) by due time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from worker.chain import Chain, Event, Outcome, apply, schedule
+
+# Pop the members due by ARGV[1] (at most ARGV[3]) and push each forward to ARGV[2], in one
+# step: two sweeps running at once (two beat processes by mistake) get disjoint work.
+_TAKE_DUE = """
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[3])
+for _, member in ipairs(items) do
+  redis.call('ZADD', KEYS[1], ARGV[2], member)
+end
+return items
+"""
+
+
+class UnknownChain(KeyError):
+    """No chain has this id."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    poll_after: float
+    submit_lease: float
+    archive_lease: float
+
+
+class Store:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        timing: Timing,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.timing = timing
+        self.clock = clock
+        self._take_due = client.register_script(_TAKE_DUE)
+
+    def _key(self, chain_id: str) -> str:
+        return f"{self.prefix}chain:{chain_id}"
+
+    @property
+    def _due(self) -> str:
+        return f"{self.prefix}due"
+
+    def _schedule(self, chain: Chain) -> dict[str, float]:
+        t = self.timing
+        return schedule(
+            chain,
+            poll_after=t.poll_after,
+            submit_lease=t.submit_lease,
+            archive_lease=t.archive_lease,
+        )
+
+    def create(self, chain: Chain) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._key(chain.id), chain.to_json(), nx=True)
+            pipe.zadd(f"{self.prefix}chains", {chain.id: chain.created_at})
+            due = self._schedule(chain)
+            if due:
+                pipe.zadd(self._due, due)
+            created, *_ = pipe.execute()
+        if not created:
+            raise ValueError(f"chain {chain.id} exists already")
+
+    def get(self, chain_id: str) -> Chain:
+        raw = self.redis.get(self._key(chain_id))
+        if raw is None:
+            raise UnknownChain(chain_id)
+        return Chain.from_json(raw)
+
+    def recent(self, *, limit: int, before: float | None = None) -> list[Chain]:
+        top = f"({before}" if before is not None else "+inf"
+        ids = self.redis.zrevrangebyscore(f"{self.prefix}chains", top, "-inf", start=0, num=limit)
+        if not ids:
+            return []
+        raws = self.redis.mget([self._key(_text(i)) for i in ids])
+        return [Chain.from_json(r) for r in raws if r is not None]
+
+    def transition(self, chain_id: str, event: Event) -> Outcome:
+        """Apply ``event`` atomically (optimistic WATCH/MULTI, retried on conflict)."""
+        key = self._key(chain_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(key)  # type: ignore[no-untyped-call]
+                    raw = pipe.get(key)
+                    if raw is None:
+                        raise UnknownChain(chain_id)
+                    old = Chain.from_json(raw)
+                    out = apply(old, event, self.clock())
+                    if out.chain == old:
+                        pipe.unwatch()
+                        return out
+                    before, after = self._schedule(old), self._schedule(out.chain)
+                    pipe.multi()
+                    pipe.set(key, out.chain.to_json())
+                    gone = [m for m in before if m not in after]
+                    if gone:
+                        pipe.zrem(self._due, *gone)
+                    changed = {m: at for m, at in after.items() if before.get(m) != at}
+                    if changed:
+                        pipe.zadd(self._due, changed)
+                    pipe.execute()
+                    return out
+                except redis.WatchError:
+                    continue
+
+    def take_due(self, *, now: float, hold: float, limit: int = 500) -> list[str]:
+        """Due work, each item held back for ``hold`` seconds so it is handed out once."""
+        items = self._take_due(keys=[self._due], args=[now, now + hold, limit])
+        return [_text(i) for i in items]
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.redis.ping())
+        except redis.RedisError:
+            return False
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
