@@ -1,0 +1,166 @@
+"""The web process: the chain API and the provider's callback route.
+
+Run it as ``uvicorn webhook.app:create_app --factory``. Callbacks are answered fast; the work
+(confirming by query, recording, the next step) happens in the Celery worker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import redis
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from kling.errors import KlingError
+from kling.models import parse_task
+from webhook.api import ChainRequest, problems
+from worker import tokens
+from worker.chain import new_chain
+from worker.runner import REFRESH_TASK, SUBMIT_TASK
+from worker.settings import Settings, get_settings
+from worker.store import Store, Timing, UnknownChain
+
+log = logging.getLogger(__name__)
+
+MAX_CALLBACK_BYTES = 64 * 1024
+MAX_REQUEST_BYTES = 256 * 1024
+
+
+def error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPException(413, f"body larger than {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"body larger than {limit} bytes")
+    return bytes(body)
+
+
+class Web:
+    def __init__(self, settings: Settings, store: Store, send_task: Any) -> None:
+        self.settings = settings
+        self.store = store
+        self.send_task = send_task
+        self.secret = settings.secret()
+
+    async def enqueue(self, name: str, *args: Any) -> None:
+        await run_in_threadpool(self.send_task, name, args=args)
+
+    async def create_chain(self, request: Request) -> Response:
+        body = await read_capped(request, MAX_REQUEST_BYTES)
+        try:
+            data = json.loads(body or b"null")
+        except ValueError:
+            return error(400, "the body is not valid JSON")
+        if not isinstance(data, dict):
+            return error(422, "the body must be a JSON object", details=[])
+        try:
+            req = ChainRequest.model_validate(data)
+        except ValidationError as exc:
+            return error(422, "invalid chain request", details=problems(exc))
+        chain = new_chain(secrets.token_hex(8), req.spec(), time.time())
+        await run_in_threadpool(self.store.create, chain)
+        await self.enqueue(SUBMIT_TASK, chain.id, 0)
+        log.info("chain %s created: %s", chain.id, req.model_dump(exclude_none=True))
+        return JSONResponse(chain.view(), status_code=202)
+
+    async def get_chain(self, request: Request) -> Response:
+        try:
+            chain = await run_in_threadpool(self.store.get, request.path_params["chain_id"])
+        except UnknownChain:
+            return error(404, "no chain with this id")
+        return JSONResponse(chain.view())
+
+    async def list_chains(self, request: Request) -> Response:
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+            raw_before = request.query_params.get("before")
+            before = float(raw_before) if raw_before is not None else None
+        except ValueError:
+            return error(422, "limit must be an integer and before a number (a created_at)")
+        if not 1 <= limit <= 100:
+            return error(422, "limit must be between 1 and 100")
+        chains = await run_in_threadpool(lambda: self.store.recent(limit=limit, before=before))
+        more = len(chains) == limit
+        return JSONResponse(
+            {
+                "chains": [c.view() for c in chains],
+                "next_before": chains[-1].created_at if chains and more else None,
+            }
+        )
+
+    async def healthz(self, request: Request) -> Response:
+        ok = await run_in_threadpool(self.store.ping)
+        return JSONResponse({"redis": ok}, status_code=200 if ok else 503)
+
+    async def callback(self, request: Request) -> Response:
+        chain_id = request.path_params["chain_id"]
+        index = request.path_params["index"]
+        if not tokens.verify(self.secret, chain_id, index, request.path_params["token"]):
+            return error(403, "invalid callback token")
+        body = await read_capped(request, MAX_CALLBACK_BYTES)
+        try:
+            task = parse_task(json.loads(body))
+        except (ValueError, KlingError) as exc:
+            return error(400, f"not a Kling task object: {exc}")
+        # A callback is only a hint: the worker confirms it with a query before acting.
+        await self.enqueue(REFRESH_TASK, chain_id, index)
+        log.debug("callback %s/%s: task %s %s", chain_id, index, task.task_id, task.status)
+        return JSONResponse({"ok": True})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    return error(exc.status_code, exc.detail)
+
+
+def create_app(settings: Settings | None = None, send_task: Any = None) -> Starlette:
+    settings = settings or get_settings()
+    timing = Timing(
+        poll_after=settings.poll_after_seconds,
+        submit_lease=settings.submit_lease_seconds,
+        archive_lease=settings.archive_lease_seconds,
+    )
+    store = Store(
+        redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix, timing=timing
+    )
+    if send_task is None:
+        from worker.celery import app as celery_app
+
+        send_task = celery_app.send_task
+    web = Web(settings, store, send_task)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        store.redis.close()
+
+    return Starlette(
+        routes=[
+            Route("/chains", web.create_chain, methods=["POST"]),
+            Route("/chains", web.list_chains, methods=["GET"]),
+            Route("/chains/{chain_id}", web.get_chain, methods=["GET"]),
+            Route("/healthz", web.healthz, methods=["GET"]),
+            Route("/callbacks/{chain_id}/{index:int}/{token}", web.callback, methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )

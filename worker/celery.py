@@ -1,0 +1,29 @@
+"""The Celery application: Redis broker, at-least-once delivery, idempotent tasks."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from worker.settings import get_settings
+
+settings = get_settings()
+
+app = Celery("kling_chain", broker=settings.redis_url, include=["worker.tasks"])
+app.conf.update(
+    # A task is acknowledged only when it finished; a worker killed mid-task hands it back.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    # Longer than any task runs (downloads give up and retry well within it) and than any
+    # retry countdown, so the Redis transport never redelivers a task that is still running.
+    broker_transport_options={"visibility_timeout": 3600},
+    broker_connection_retry_on_startup=True,
+    task_ignore_result=True,
+    task_serializer="json",
+    accept_content=["json"],
+    task_default_queue=settings.celery_queue,
+    worker_hijack_root_logger=False,
+    beat_schedule={
+        "sweep": {"task": "kc.sweep", "schedule": settings.sweep_seconds},
+    },
+)
