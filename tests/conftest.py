@@ -1,0 +1,58 @@
+"""Shared fixtures: a real Redis (fails in CI when missing), and the whole service as processes."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from tests.support import Service, start_service, stop_service
+
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+STRAY = (
+    "REDIS_URL",
+    "KEY_PREFIX",
+    "CELERY_QUEUE",
+    "PUBLIC_URL",
+    "CALLBACK_SECRET",
+    "ARCHIVE_DIR",
+    "POLL_AFTER_SECONDS",
+    "SWEEP_SECONDS",
+    "PORT",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configuration a developer has exported must not leak into tests."""
+    for name in list(os.environ):
+        if name.startswith("KLING_") or name in STRAY:
+            monkeypatch.delenv(name)
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A real Redis. Skips on a laptop without one; fails in CI, where it must be there."""
+    if not _redis_answers(TEST_REDIS_URL):
+        message = f"no Redis answers at {TEST_REDIS_URL} (start redis-server or set TEST_REDIS_URL)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return TEST_REDIS_URL
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
+    """One running service per test module (tests seed their own videos)."""
+    svc = start_service(tmp_path_factory.mktemp("service"), redis_url)
+    yield svc
+    stop_service(svc)

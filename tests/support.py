@@ -1,0 +1,169 @@
+"""The whole service as processes, for integration and end-to-end tests."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from worker.devstack import Stack, find_procfile, free_port, python_module, wait_http
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Service:
+    """The fake gateway plus the Procfile's processes, on free ports, with private keys."""
+
+    stack: Stack
+    gateway: str
+    api: str
+    env: dict[str, str]
+    archive: Path
+    redis: redis.Redis
+    prefix: str
+    notes: list[str] = field(default_factory=list)
+
+    def fake(self, method: str, path: str, body: Any = None) -> Any:
+        reply = requests.request(method, f"{self.gateway}{path}", json=body, timeout=10)
+        reply.raise_for_status()
+        return reply.json()
+
+    def seed(self, duration: float = 5.0) -> dict[str, Any]:
+        seeded: dict[str, Any] = self.fake("POST", "/_fake/videos", {"duration": duration})
+        return seeded
+
+    def faults(self, **knobs: Any) -> None:
+        self.fake("POST", "/_fake/faults", knobs)
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = self.fake("GET", "/_fake/stats")
+        return stats
+
+    def post_chain(self, body: dict[str, Any]) -> requests.Response:
+        return requests.post(f"{self.api}/chains", json=body, timeout=10)
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        reply = self.post_chain(body)
+        assert reply.status_code == 202, reply.text
+        chain: dict[str, Any] = reply.json()
+        return chain
+
+    def chain(self, chain_id: str) -> dict[str, Any]:
+        reply = requests.get(f"{self.api}/chains/{chain_id}", timeout=10)
+        reply.raise_for_status()
+        chain: dict[str, Any] = reply.json()
+        return chain
+
+    def wait(
+        self,
+        chain_id: str,
+        *,
+        timeout: float = 90.0,
+        until: tuple[str, ...] = ("succeeded", "failed"),
+    ) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        chain = self.chain(chain_id)
+        while chain["status"] not in until:
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {n}\n{self.stack.tail(n)}" for n in self.stack.procs)
+                raise AssertionError(
+                    f"chain still {chain['status']} after {timeout} s: {chain}\n{logs}"
+                )
+            time.sleep(0.2)
+            chain = self.chain(chain_id)
+        return chain
+
+    def gateway_sha256(self, video_id: str) -> str:
+        reply = requests.get(f"{self.gateway}/files/{video_id}.mp4", timeout=30)
+        reply.raise_for_status()
+        return hashlib.sha256(reply.content).hexdigest()
+
+
+def start_service(
+    root: Path,
+    redis_url: str,
+    *,
+    delay: float = 0.3,
+    gateway_args: tuple[str, ...] = (),
+    processes: tuple[str, ...] = ("web", "worker", "beat"),
+    **settings: str,
+) -> Service:
+    """Start the gateway and the Procfile processes exactly as written, with test settings."""
+    stack = Stack(root / "logs")
+    gateway_port, web_port = free_port(), free_port()
+    api_key = secrets.token_hex(8)
+    prefix = f"test-{secrets.token_hex(4)}:"
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    proc = stack.start(
+        "gateway",
+        python_module(
+            "kling.fake",
+            "--port",
+            str(gateway_port),
+            "--delay",
+            str(delay),
+            "--api-key",
+            api_key,
+            "--bytes-per-second",
+            "4000",
+            *gateway_args,
+        ),
+        {},
+    )
+    env = {
+        "REDIS_URL": redis_url,
+        "KEY_PREFIX": prefix,
+        "CELERY_QUEUE": f"{prefix}queue",
+        "KLING_BASE_URL": f"{gateway}/kling",
+        "KLING_API_KEY": api_key,
+        "PUBLIC_URL": f"http://127.0.0.1:{web_port}",
+        "CALLBACK_SECRET": secrets.token_hex(32),
+        "ARCHIVE_DIR": str(root / "archive"),
+        "PORT": str(web_port),
+        "POLL_AFTER_SECONDS": "30",
+        "SWEEP_SECONDS": "1",
+        "RECHECK_AFTER_SECONDS": "1",
+        "WORKER_CONCURRENCY": "2",
+        "BEAT_SCHEDULE": str(root / "beat-schedule"),
+        **{k.upper(): v for k, v in settings.items()},
+    }
+    try:
+        wait_http(f"{gateway}/_fake/stats", proc=proc)
+        commands = find_procfile()
+        for name in processes:
+            stack.start(name, commands[name], env)
+        if "web" in processes:
+            wait_http(f"http://127.0.0.1:{web_port}/healthz", proc=stack.procs["web"])
+    except Exception:
+        stack.stop()
+        raise
+    return Service(
+        stack=stack,
+        gateway=gateway,
+        api=f"http://127.0.0.1:{web_port}",
+        env=env,
+        archive=root / "archive",
+        redis=redis.Redis.from_url(redis_url),
+        prefix=prefix,
+    )
+
+
+def stop_service(service: Service) -> None:
+    service.stack.stop()
+    keys = list(service.redis.scan_iter(f"{service.prefix}*", count=1000))
+    if keys:
+        service.redis.delete(*keys)
+    service.redis.close()

@@ -1,0 +1,223 @@
+"""``kling-chain``: start and watch chains through the web API, run the fake gateway, the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+import requests
+
+DEFAULT_API = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed without a traceback."""
+
+
+class Api:
+    def __init__(self, base: str, timeout: float = 10.0) -> None:
+        self.base = base.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        url = f"{self.base}{path}"
+        try:
+            reply = requests.request(method, url, json=body, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise CliError(
+                f"cannot reach the service at {self.base} ({type(exc).__name__}); "
+                "is the web process running? (--api or KLING_CHAIN_API)"
+            ) from exc
+        try:
+            data = reply.json()
+        except ValueError:
+            data = {"error": reply.text[:200]}
+        if reply.status_code >= 400:
+            details = "".join(
+                f"\n  {d.get('field') or 'request'}: {d.get('message')}"
+                for d in data.get("details", [])
+            )
+            raise CliError(
+                f"{data.get('error', 'request failed')} (HTTP {reply.status_code}){details}"
+            )
+        return data
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/chains", body)
+        return result
+
+    def get(self, chain_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/chains/{chain_id}")
+        return result
+
+    def recent(self, limit: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/chains?limit={limit}")
+        return result
+
+
+def progress_line(chain: dict[str, Any], width: int = 30) -> str:
+    """``[#####-----] 15.3 / 30 s  step 3 processing`` for a chain view."""
+    duration = chain.get("duration") or 0.0
+    target = chain.get("target_seconds") or 180.0
+    filled = min(width, int(width * duration / target)) if target else 0
+    bar = "#" * filled + "-" * (width - filled)
+    steps = chain.get("steps") or []
+    last = steps[-1] if steps else None
+    where = f"step {last['index']} {last['status']}" if last else chain["status"]
+    note = f"  ({chain['waiting']})" if chain.get("waiting") else ""
+    return f"[{bar}] {duration:5.1f} / {target:g} s  {where}{note}"
+
+
+def watch(api: Api, chain_id: str, out: TextIO, *, interval: float = 1.0) -> dict[str, Any]:
+    """Show progress until the chain ends; returns the final chain view."""
+    tty = out.isatty()
+    shown = ""
+    while True:
+        chain = api.get(chain_id)
+        line = progress_line(chain)
+        if line != shown:
+            out.write(("\r\033[K" + line) if tty else line + "\n")
+            out.flush()
+            shown = line
+        if chain["status"] in ("succeeded", "failed"):
+            if tty:
+                out.write("\n")
+            return chain
+        time.sleep(interval)
+
+
+def summary(chain: dict[str, Any]) -> str:
+    lines = [f"chain {chain['id']}: {chain['status']}"]
+    if chain.get("end_reason"):
+        lines[0] += f" ({chain['end_reason']})"
+    if chain.get("error"):
+        lines.append(f"  error: {chain['error']}")
+    if chain.get("duration") is not None:
+        lines.append(f"  duration: {chain['duration']:g} s")
+    for entry in chain.get("archive", []):
+        if entry["status"] == "done":
+            lines.append(
+                f"  archived {entry['video_id']} ({entry['duration']:g} s, {entry['bytes']} bytes) "
+                f"-> {entry['path']}"
+            )
+        else:
+            lines.append(f"  {entry['status']} {entry['video_id']}: {entry.get('error') or ''}")
+    done = [e for e in chain.get("archive", []) if e["status"] == "done"]
+    if done:
+        newest = done[-1]
+        lines.append(f"final video: {newest['path']} ({newest['duration']:g} s)")
+    return "\n".join(lines)
+
+
+def _extend(args: argparse.Namespace) -> int:
+    if (args.video_id is None) == (args.text is None):
+        raise CliError("give a VIDEO_ID to extend, or --text PROMPT to start from text")
+    body: dict[str, Any] = {}
+    if args.video_id:
+        body["video_id"] = args.video_id
+    if args.text:
+        body["text_prompt"] = args.text
+    for key in ("task_id", "negative_prompt", "cfg_scale", "source_duration", "steps"):
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
+    if args.to is not None:
+        body["target_seconds"] = args.to
+    if args.prompt:
+        if len(args.prompt) == 1:
+            body["prompt"] = args.prompt[0]
+        else:
+            body["prompts"] = args.prompt
+    api = Api(args.api)
+    chain = api.create(body)
+    print(f"chain {chain['id']} queued")
+    if not args.wait:
+        print(f"follow it with: kling-chain status {chain['id']}")
+        return 0
+    final = watch(api, chain["id"], sys.stdout)
+    print(summary(final))
+    return 0 if final["status"] == "succeeded" else 1
+
+
+def _status(args: argparse.Namespace) -> int:
+    chain = Api(args.api).get(args.chain_id)
+    print(json.dumps(chain, indent=2) if args.json else summary(chain))
+    return 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    for chain in Api(args.api).recent(args.limit)["chains"]:
+        print(f"{chain['id']}  {chain['status']:<9}  {progress_line(chain, width=10)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kling-chain", description=__doc__)
+    parser.add_argument(
+        "--api",
+        default=os.environ.get("KLING_CHAIN_API", DEFAULT_API),
+        help="base URL of the web process (default: %(default)s, or KLING_CHAIN_API)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ext = sub.add_parser("extend", help="extend a video step by step (or start from text)")
+    ext.add_argument("video_id", nargs="?", help="id of the Kling video to extend")
+    ext.add_argument("--text", metavar="PROMPT", help="start with text-to-video instead")
+    ext.add_argument("--task-id", help="the task that produced VIDEO_ID (some gateways need it)")
+    goal = ext.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--to", type=float, metavar="SECONDS", help="extend until at least this long")
+    goal.add_argument("--steps", type=int, metavar="N", help="extend exactly N times")
+    ext.add_argument(
+        "--prompt", action="append", help="prompt for the steps; repeat it for one per step"
+    )
+    ext.add_argument("--negative-prompt")
+    ext.add_argument("--cfg-scale", type=float)
+    ext.add_argument("--source-duration", type=float, help="length of VIDEO_ID, if known")
+    ext.add_argument("--wait", action="store_true", help="show progress until the chain ends")
+    ext.set_defaults(run=_extend)
+
+    st = sub.add_parser("status", help="show a chain")
+    st.add_argument("chain_id")
+    st.add_argument("--json", action="store_true", help="print the full chain object")
+    st.set_defaults(run=_status)
+
+    ls = sub.add_parser("list", help="recent chains, newest first")
+    ls.add_argument("--limit", type=int, default=20)
+    ls.set_defaults(run=_list)
+
+    sub.add_parser(
+        "fake-gateway", help="run the fake Kling gateway (see --help after it)", add_help=False
+    )
+    demo = sub.add_parser("demo", help="run everything locally and extend a 5 s video to 30 s")
+    demo.add_argument("--target", type=float, default=30.0)
+    demo.add_argument("--delay", type=float, default=1.5, help="fake gateway seconds per task")
+    demo.add_argument("--archive-dir", default="demo-archive")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fake-gateway"]:
+        from kling.fake.server import main as fake_main
+
+        return fake_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from worker.demo import run_demo
+
+            return run_demo(target=args.target, delay=args.delay, archive_dir=args.archive_dir)
+        code: int = args.run(args)
+        return code
+    except CliError as exc:
+        print(f"kling-chain: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Run the service's processes locally: for the demo, the end-to-end tests and benchmarks.
+
+Processes are started exactly as the ``Procfile`` says (``sh -c`` with ``$PORT`` and the rest
+of the configuration in the environment) and stopped as a group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import requests
+
+PROCFILE_FALLBACK = {
+    "web": "uvicorn webhook.app:create_app --factory --host 0.0.0.0 --port $PORT",
+    "worker": "celery -A worker worker --loglevel=INFO",
+    "beat": "celery -A worker beat --loglevel=INFO",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def read_procfile(path: Path) -> dict[str, str]:
+    """``name: command`` lines; blank lines and ``#`` comments are skipped."""
+    commands: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, command = line.partition(":")
+        if not sep or not name.strip() or not command.strip():
+            raise ValueError(f"{path}:{number}: expected 'name: command', got {line!r}")
+        commands[name.strip()] = command.strip()
+    return commands
+
+
+def find_procfile() -> dict[str, str]:
+    for folder in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        candidate = folder / "Procfile"
+        if candidate.is_file():
+            return read_procfile(candidate)
+    return dict(PROCFILE_FALLBACK)
+
+
+def wait_http(
+    url: str, *, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None
+) -> None:
+    """Until ``url`` answers 2xx; fails early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with code {proc.returncode}")
+        try:
+            reply = requests.get(url, timeout=2)
+            if reply.ok:
+                return
+            last = f"HTTP {reply.status_code}"
+        except requests.RequestException as exc:
+            last = type(exc).__name__
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s ({last})")
+
+
+@dataclass
+class Stack:
+    """Processes started together and stopped together."""
+
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    def start(
+        self, name: str, command: str | list[str], env: Mapping[str, str]
+    ) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self._logs.append(log)
+        shell = isinstance(command, str)
+        # The Procfile names bare commands (uvicorn, celery): find this interpreter's first.
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        proc = subprocess.Popen(
+            command,
+            shell=shell,
+            env={**os.environ, "PATH": path, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        proc = self.procs[name]
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.log_dir / f"{name}.log"
+        if not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@contextmanager
+def embedded_redis(port: int) -> Iterator[str]:
+    """An in-process Redis-compatible server (fakeredis), for the no-install demo."""
+    from fakeredis import TcpFakeServer
+
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    thread = threading.Thread(target=server.serve_forever, daemon=True, name="embedded-redis")
+    thread.start()
+    try:
+        yield f"redis://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
