@@ -132,6 +132,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error(exc.status_code, exc.detail)
 
 
+async def _redis_down(request: Request, exc: Exception) -> Response:
+    log.error("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    return error(503, "the state store (Redis) is unavailable; try again shortly")
+
+
 def create_app(settings: Settings | None = None, send_task: Any = None) -> Starlette:
     settings = settings or get_settings()
     timing = Timing(
@@ -161,6 +166,6 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             Route("/healthz", web.healthz, methods=["GET"]),
             Route("/callbacks/{chain_id}/{index:int}/{token}", web.callback, methods=["POST"]),
         ],
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, redis.RedisError: _redis_down},
         lifespan=lifespan,
     )

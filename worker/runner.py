@@ -194,10 +194,23 @@ class Runner:
             )
             return delay if not after.chain.step(index).status.done else None
         except PermanentError as exc:
+            if self._exists_already(kind, step.external_task_id, exc):
+                return self.submit(chain_id, index, owner=owner, attempt=attempt)
             self.store.transition(chain_id, SubmitFailed(index, describe(exc), exc.code))
             return None
         self._record(chain_id, index, task)
         return None
+
+    def _exists_already(self, kind: TaskKind, external_id: str, exc: PermanentError) -> bool:
+        """A parameter error may be the provider refusing a duplicate external_task_id: the
+        step's first create landed after all. The claim is still ours, so the next pass
+        reconciles and records that task instead of failing the step."""
+        if not self.settings.kling_external_task_id or exc.code not in (1200, 1201):
+            return False
+        try:
+            return self.provider.find_by_external_id(kind, external_id) is not None
+        except KlingError:
+            return False
 
     # -- learn how a step is doing ---------------------------------------------------------------
     def refresh(self, chain_id: str, index: int, *, attempt: int = 0) -> float | None:
