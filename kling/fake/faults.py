@@ -1,0 +1,194 @@
+"""Fault knobs: the ways the fake gateway can be told to misbehave, and their validation.
+
+Knobs are set at start-up (``--faults`` JSON) and at run time (``POST /_fake/faults``)
+with a JSON merge: only the fields given change; a nested knob given as ``null`` goes back
+to its defaults. A patch is checked whole before anything changes.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class FaultsError(ValueError):
+    """A fault patch names an unknown knob or gives a value of the wrong kind."""
+
+
+@dataclass
+class CallbackFaults:
+    """How status-change callbacks are delivered."""
+
+    drop: float = 0.0  # probability of dropping a callback (1 drops all)
+    duplicate: int = 0  # extra copies of each callback
+    delay_seconds: float = 0.0  # wait before sending
+    reorder: bool = False  # hold the processing callback until after the terminal one
+
+
+@dataclass
+class FailCreates:
+    """The next ``count`` create requests are refused with this reply and create nothing."""
+
+    count: int = 0
+    http_status: int = 429
+    code: int = 1102
+    message: str = "resource pack exhausted"
+
+
+@dataclass
+class DropCreates:
+    """The next ``count`` creates are made and billed, then the reply is lost."""
+
+    count: int = 0
+    mode: str = "reset"  # "reset": headers then a broken connection; "hang": answer late
+    hang_seconds: float = 60.0
+
+
+@dataclass
+class FailTasks:
+    """The next ``count`` tasks created end ``failed`` with ``message``."""
+
+    count: int = 0
+    message: str = "task failed: content safety check (injected fault)"
+
+
+@dataclass
+class CutDownloads:
+    """The next ``count`` file responses break after ``after_bytes`` bytes of body."""
+
+    count: int = 0
+    after_bytes: int = 0
+
+
+@dataclass
+class Faults:
+    """Every knob of the fake gateway, with the defaults of a well-behaved provider."""
+
+    callbacks: CallbackFaults = field(default_factory=CallbackFaults)
+    fail_next_creates: FailCreates = field(default_factory=FailCreates)
+    drop_next_creates: DropCreates = field(default_factory=DropCreates)
+    fail_next_tasks: FailTasks = field(default_factory=FailTasks)
+    cut_next_downloads: CutDownloads = field(default_factory=CutDownloads)
+    require_parent_task_id: bool = False
+    support_external_task_id: bool = True
+    callback_envelope: bool = False
+    download_bytes_per_second: float | None = None
+    ranges: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def merged(self, patch: object) -> Faults:
+        """A copy with ``patch`` (a JSON object) merged in; raises ``FaultsError``."""
+        if not isinstance(patch, Mapping):
+            raise FaultsError("faults must be a JSON object")
+        result = copy.deepcopy(self)
+        for key, value in patch.items():
+            spec = _SCHEMA.get(key)
+            if spec is None:
+                raise FaultsError(f"unknown fault knob {key!r}")
+            if callable(spec):
+                setattr(result, key, spec(key, value))
+                continue
+            if value is None:
+                setattr(result, key, type(getattr(result, key))())
+                continue
+            if not isinstance(value, Mapping):
+                raise FaultsError(f"{key} must be a JSON object")
+            target = getattr(result, key)
+            for name, sub_value in value.items():
+                check = spec.get(name)
+                if check is None:
+                    raise FaultsError(f"unknown field {key}.{name}")
+                setattr(target, name, check(f"{key}.{name}", sub_value))
+        return result
+
+
+Check = Callable[[str, object], object]
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise FaultsError(f"{name} must be a number")
+    return float(value)
+
+
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise FaultsError(f"{name} must be a whole number >= 0")
+    return value
+
+
+def _http_status(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 400 <= value <= 599:
+        raise FaultsError(f"{name} must be an HTTP error status (400-599)")
+    return value
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise FaultsError(f"{name} must be a string")
+    return value
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise FaultsError(f"{name} must be true or false")
+    return value
+
+
+def _probability(name: str, value: object) -> float:
+    number = _number(name, value)
+    if not 0.0 <= number <= 1.0:
+        raise FaultsError(f"{name} must be between 0 and 1")
+    return number
+
+
+def _seconds(name: str, value: object) -> float:
+    number = _number(name, value)
+    if number < 0:
+        raise FaultsError(f"{name} must be >= 0")
+    return number
+
+
+def _drop_mode(name: str, value: object) -> str:
+    if value not in ("reset", "hang"):
+        raise FaultsError(f"{name} must be 'reset' or 'hang'")
+    return str(value)
+
+
+def _rate(name: str, value: object) -> float | None:
+    if value is None:
+        return None
+    number = _number(name, value)
+    if number <= 0:
+        raise FaultsError(f"{name} must be > 0 or null")
+    return number
+
+
+_SCHEMA: dict[str, Check | dict[str, Check]] = {
+    "callbacks": {
+        "drop": _probability,
+        "duplicate": _count,
+        "delay_seconds": _seconds,
+        "reorder": _flag,
+    },
+    "fail_next_creates": {
+        "count": _count,
+        "http_status": _http_status,
+        "code": _count,
+        "message": _text,
+    },
+    "drop_next_creates": {"count": _count, "mode": _drop_mode, "hang_seconds": _seconds},
+    "fail_next_tasks": {"count": _count, "message": _text},
+    "cut_next_downloads": {"count": _count, "after_bytes": _count},
+    "require_parent_task_id": _flag,
+    "support_external_task_id": _flag,
+    "callback_envelope": _flag,
+    "download_bytes_per_second": _rate,
+    "ranges": _flag,
+}
