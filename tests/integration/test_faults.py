@@ -1,0 +1,283 @@
+"""Spend safety and delivery under injected faults: real Redis, worker, web and gateway.
+
+Each test arms a knob of the fake gateway (or kills a process), runs a chain, and checks the
+promise: every step paid for once, every good video archived byte for byte, and nothing an
+outsider sends changes that.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support import Service, sha256_file, start_service, stop_service
+from worker import tokens
+from worker.devstack import find_procfile, free_port, wait_http
+
+FAST = {
+    "poll_after_seconds": "2",
+    "submit_lease_seconds": "3",
+    "kling_timeout_seconds": "2",
+    "recheck_after_seconds": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
+    service = start_service(tmp_path_factory.mktemp("faults"), redis_url, delay=0.5, **FAST)
+    yield service
+    stop_service(service)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_gateway(request: pytest.FixtureRequest) -> None:
+    if "svc" in request.fixturenames:
+        request.getfixturevalue("svc").fake("POST", "/_fake/reset")
+
+
+def start_chain(svc: Service, steps: int = 3) -> dict[str, Any]:
+    seed = svc.seed(5.0)
+    return svc.create({"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": steps})
+
+
+def assert_promise_kept(svc: Service, chain: dict[str, Any], *, steps: int) -> None:
+    """Succeeded, every parent extended exactly once, every video archived byte for byte."""
+    assert chain["status"] == "succeeded", chain
+    assert len(chain["steps"]) == steps
+    per_parent = svc.stats()["creates_by_parent"]
+    parents = [s["parent_video_id"] for s in chain["steps"]]
+    assert [per_parent.get(p) for p in parents] == [1] * steps, per_parent
+    for entry in chain["archive"]:
+        path = svc.archive / f"{entry['video_id']}.mp4"
+        assert sha256_file(path) == entry["sha256"] == svc.gateway_sha256(entry["video_id"])
+    assert not [p for p in svc.archive.iterdir() if p.name.endswith(".part")]
+
+
+def wait_for(check: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+# -- callbacks ---------------------------------------------------------------------------------
+def test_lost_callbacks_the_sweep_still_finishes_the_chain(svc: Service) -> None:
+    svc.faults(callbacks={"drop": 1})
+    chain = svc.wait(start_chain(svc)["id"], timeout=60)
+    assert svc.stats()["callbacks_sent"] == 0
+    assert svc.stats()["callbacks_dropped"] > 0
+    assert_promise_kept(svc, chain, steps=3)
+
+
+def test_duplicated_and_reordered_callbacks_pay_once_and_download_once(svc: Service) -> None:
+    svc.faults(callbacks={"duplicate": 4, "reorder": True})
+    chain = svc.wait(start_chain(svc)["id"])
+    downloads = svc.stats()["downloads_started"]
+    assert downloads == len(chain["archive"]) == 3
+    assert_promise_kept(svc, chain, steps=3)
+
+
+def test_callback_storm_across_two_web_processes_submits_each_step_once(svc: Service) -> None:
+    # Given a second web process on the same Redis, and a gateway that sends no callbacks
+    port = free_port()
+    web2 = svc.stack.start("web2", find_procfile()["web"], {**svc.env, "PORT": str(port)})
+    wait_http(f"http://127.0.0.1:{port}/healthz", proc=web2)
+    webs = [svc.api, f"http://127.0.0.1:{port}"]
+    svc.faults(callbacks={"drop": 1})
+    secret = svc.env["CALLBACK_SECRET"].encode()
+    chain = start_chain(svc)
+    headers = {"Authorization": f"Bearer {svc.env['KLING_API_KEY']}"}
+    try:
+        # When 24 copies of each step's final callback hit both web processes at once
+        for index in range(3):
+            step = wait_for(
+                lambda i=index: next(
+                    (
+                        s
+                        for s in svc.chain(chain["id"])["steps"]
+                        if s["index"] == i and s["task_id"]
+                    ),
+                    None,
+                ),
+                what=f"step {index} submitted",
+            )
+            url = f"{svc.gateway}/kling/v1/videos/video-extend/{step['task_id']}"
+            body = wait_for(
+                lambda u=url: (
+                    d
+                    if (d := requests.get(u, headers=headers, timeout=5).json()["data"])[
+                        "task_status"
+                    ]
+                    == "succeed"
+                    else None
+                ),
+                what="the task to finish",
+            )
+            path = f"/callbacks/{chain['id']}/{index}/{tokens.sign(secret, chain['id'], index)}"
+            with ThreadPoolExecutor(12) as pool:
+                codes = list(
+                    pool.map(
+                        lambda n, p=path, b=body: (
+                            requests.post(f"{webs[n % 2]}{p}", json=b, timeout=10).status_code
+                        ),
+                        range(24),
+                    )
+                )
+            assert set(codes) == {200}
+        final = svc.wait(chain["id"])
+    finally:
+        svc.stack.kill("web2", signal.SIGTERM)
+    # Then each step was created once and each video downloaded once
+    assert svc.stats()["downloads_started"] == 3
+    assert_promise_kept(svc, final, steps=3)
+
+
+def test_forged_callbacks_change_nothing(svc: Service) -> None:
+    svc.fake("POST", "/_fake/faults", {})
+    seed = svc.seed(5.0)
+    chain = svc.create({"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": 1})
+    step = wait_for(
+        lambda: (
+            svc.chain(chain["id"])["steps"][0]["task_id"] and svc.chain(chain["id"])["steps"][0]
+        ),
+        what="step 0 submitted",
+    )
+    forged = {
+        "task_id": step["task_id"],
+        "task_status": "succeed",
+        "task_result": {
+            "videos": [{"id": "evil", "url": "http://127.0.0.1:9/evil.mp4", "duration": "9"}]
+        },
+    }
+    secret = svc.env["CALLBACK_SECRET"].encode()
+    good = tokens.sign(secret, chain["id"], 0)
+    bad = requests.post(
+        f"{svc.api}/callbacks/{chain['id']}/0/{'x' * len(good)}", json=forged, timeout=5
+    )
+    assert bad.status_code == 403
+    junk = requests.post(f"{svc.api}/callbacks/{chain['id']}/0/{good}", data=b"{oops", timeout=5)
+    assert junk.status_code == 400
+    # Even with a valid token the body is only a hint: the worker asks the provider.
+    hint = requests.post(f"{svc.api}/callbacks/{chain['id']}/0/{good}", json=forged, timeout=5)
+    assert hint.status_code == 200
+    final = svc.wait(chain["id"])
+    assert final["status"] == "succeeded"
+    assert [a["video_id"] for a in final["archive"]] != ["evil"]
+    assert not (svc.archive / "evil.mp4").exists()
+    assert_promise_kept(svc, final, steps=1)
+
+
+# -- provider errors ---------------------------------------------------------------------------
+def test_rate_limits_back_off_show_waiting_and_then_succeed(svc: Service) -> None:
+    svc.faults(
+        fail_next_creates={"count": 2, "http_status": 429, "code": 1302, "message": "too fast"}
+    )
+    chain = start_chain(svc, steps=1)
+    waiting = wait_for(lambda: svc.chain(chain["id"])["waiting"], what="a waiting note")
+    assert "1302" in waiting
+    final = svc.wait(chain["id"])
+    assert svc.stats()["rejected_creates"] == 2
+    assert_promise_kept(svc, final, steps=1)
+
+
+def test_exhausted_balance_fails_at_once_and_is_tried_exactly_once(svc: Service) -> None:
+    svc.faults(
+        fail_next_creates={
+            "count": 5,
+            "http_status": 429,
+            "code": 1102,
+            "message": "resource pack exhausted",
+        }
+    )
+    final = svc.wait(start_chain(svc)["id"], timeout=20)
+    assert final["status"] == "failed"
+    assert "1102" in final["error"]
+    assert "resource pack exhausted" in final["error"]
+    time.sleep(3)  # longer than a lease and a sweep: nothing tries again
+    assert svc.stats()["rejected_creates"] == 1
+    assert svc.stats()["creates_total"] == 0
+
+
+@pytest.mark.parametrize("mode", ["reset", "hang"])
+def test_lost_create_reply_is_looked_up_never_paid_twice(svc: Service, mode: str) -> None:
+    svc.faults(drop_next_creates={"count": 1, "mode": mode, "hang_seconds": 4})
+    final = svc.wait(start_chain(svc)["id"], timeout=60)
+    assert svc.stats()["creates_total"] == 3
+    assert_promise_kept(svc, final, steps=3)
+
+
+def test_without_external_ids_a_lost_reply_stops_for_attention(
+    tmp_path_factory: pytest.TempPathFactory, redis_url: str
+) -> None:
+    svc = start_service(
+        tmp_path_factory.mktemp("noext"),
+        redis_url,
+        delay=0.5,
+        gateway_args=("--faults", '{"support_external_task_id": false}'),
+        kling_external_task_id="false",
+        **FAST,
+    )
+    try:
+        svc.faults(drop_next_creates={"count": 1, "mode": "reset"})
+        final = svc.wait(start_chain(svc)["id"], timeout=30)
+        assert final["status"] == "failed"
+        assert final["steps"][0]["status"] == "attention"
+        assert "billed" in final["error"]
+        time.sleep(3)
+        assert svc.stats()["creates_total"] == 1
+    finally:
+        stop_service(svc)
+
+
+# -- crashes -----------------------------------------------------------------------------------
+def test_worker_killed_mid_create_loses_nothing_and_pays_once(svc: Service) -> None:
+    # Given a create that the provider accepts but answers only after 6 s
+    svc.faults(drop_next_creates={"count": 1, "mode": "hang", "hang_seconds": 6})
+    chain = start_chain(svc, steps=2)
+    wait_for(lambda: svc.stats()["creates_total"] == 1, what="the hanging create to be billed")
+    # When the whole worker is killed while it waits for the reply, then started again
+    svc.stack.kill("worker")
+    svc.stack.start("worker", find_procfile()["worker"], svc.env)
+    final = svc.wait(chain["id"], timeout=60)
+    # Then the step was found by its external id, not sent again
+    assert_promise_kept(svc, final, steps=2)
+
+
+def test_web_restarted_mid_chain_the_chain_still_finishes(svc: Service) -> None:
+    chain = start_chain(svc)
+    wait_for(lambda: len(svc.chain(chain["id"])["steps"]) >= 2, what="step 1")
+    svc.stack.kill("web")
+    time.sleep(1.5)  # callbacks sent now find nobody
+    svc.stack.start("web", find_procfile()["web"], svc.env)
+    wait_http(f"{svc.api}/healthz", proc=svc.stack.procs["web"])
+    final = svc.wait(chain["id"], timeout=60)
+    assert_promise_kept(svc, final, steps=3)
+
+
+def test_two_beats_by_mistake_still_pay_once(svc: Service) -> None:
+    beat2 = {**svc.env, "BEAT_SCHEDULE": str(svc.archive.parent / "beat2-schedule")}
+    svc.stack.start("beat2", find_procfile()["beat"], beat2)
+    try:
+        svc.faults(callbacks={"drop": 1})
+        final = svc.wait(start_chain(svc)["id"], timeout=60)
+    finally:
+        svc.stack.kill("beat2", signal.SIGTERM)
+    assert_promise_kept(svc, final, steps=3)
+
+
+# -- downloads ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("ranges", [True, False])
+def test_broken_downloads_resume_or_restart_and_arrive_whole(svc: Service, ranges: bool) -> None:
+    svc.faults(cut_next_downloads={"count": 3, "after_bytes": 5000}, ranges=ranges)
+    final = svc.wait(start_chain(svc)["id"], timeout=60)
+    assert svc.stats()["downloads_started"] >= 3 + 3
+    assert_promise_kept(svc, final, steps=3)
