@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -166,6 +167,10 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             Route("/healthz", web.healthz, methods=["GET"]),
             Route("/callbacks/{chain_id}/{index:int}/{token}", web.callback, methods=["POST"]),
         ],
-        exception_handlers={HTTPException: _http_error, redis.RedisError: _redis_down},
+        exception_handlers={
+            HTTPException: _http_error,
+            redis.RedisError: _redis_down,
+            OperationalError: _redis_down,  # Celery could not publish: the broker is down
+        },
         lifespan=lifespan,
     )

@@ -23,6 +23,9 @@ app.conf.update(
     accept_content=["json"],
     task_default_queue=settings.celery_queue,
     worker_hijack_root_logger=False,
+    # No fanout (pub/sub) channels: remote control, gossip and mingle are unused here, and
+    # their channels are where kombu's Redis transport fails to recover from a broker restart.
+    worker_enable_remote_control=False,
     beat_schedule={
         "sweep": {"task": "kc.sweep", "schedule": settings.sweep_seconds},
     },

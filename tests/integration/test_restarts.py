@@ -1,0 +1,146 @@
+"""Redis restarted mid-chain (with persistence, as docker-compose runs it), and JWT auth."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.support import Service, sha256_file, start_service, stop_service
+from worker.devstack import free_port
+
+FAST = {"poll_after_seconds": "2", "submit_lease_seconds": "3", "recheck_after_seconds": "1"}
+
+
+class PersistentRedis:
+    """A private redis-server with append-only persistence, stoppable and restartable."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        subprocess.run(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "yes",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            check=True,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN drops its own connection
+            redis.Redis.from_url(self.url).shutdown()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path, redis_url: str) -> Iterator[PersistentRedis]:
+    server = PersistentRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_redis_restarted_mid_chain_the_chain_resumes_and_pays_once(
+    tmp_path: Path, own_redis: PersistentRedis
+) -> None:
+    svc = start_service(tmp_path / "svc", own_redis.url, delay=1.0, **FAST)
+    try:
+        seed = svc.seed(5.0)
+        chain = svc.create({"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": 4})
+        deadline = time.monotonic() + 30
+        while len(svc.chain(chain["id"])["steps"]) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        # When Redis goes down for a while (callbacks meanwhile find no broker) and comes back
+        own_redis.stop()
+        time.sleep(2.0)
+        own_redis.start()
+        final = svc.wait(chain["id"], timeout=90)
+        # Then the chain finishes, every parent extended exactly once, every video archived
+        assert final["status"] == "succeeded", final
+        per_parent = svc.stats()["creates_by_parent"]
+        assert [per_parent[s["parent_video_id"]] for s in final["steps"]] == [1, 1, 1, 1]
+        for entry in final["archive"]:
+            path = svc.archive / f"{entry['video_id']}.mp4"
+            assert sha256_file(path) == svc.gateway_sha256(entry["video_id"])
+    finally:
+        stop_service(svc)
+
+
+@pytest.fixture
+def jwt_service(tmp_path: Path, redis_url: str) -> Iterator[Service]:
+    access, secret = "ak-test", "sk-" + "s" * 40
+    svc = start_service(
+        tmp_path,
+        redis_url,
+        delay=0.3,
+        gateway_args=("--access-key", access, "--secret-key", secret),
+        kling_access_key=access,
+        kling_secret_key=secret,
+        kling_api_key="",
+        **FAST,
+    )
+    yield svc
+    stop_service(svc)
+
+
+def test_official_api_auth_with_jwt_runs_a_chain(jwt_service: Service) -> None:
+    chain = jwt_service.create({"text_prompt": "lanterns on a river", "steps": 1})
+    final = jwt_service.wait(chain["id"])
+    assert final["status"] == "succeeded", final
+
+
+def test_wrong_secret_key_fails_the_step_after_one_re_mint(tmp_path: Path, redis_url: str) -> None:
+    svc = start_service(
+        tmp_path,
+        redis_url,
+        delay=0.3,
+        gateway_args=("--access-key", "ak-test", "--secret-key", "sk-" + "s" * 40),
+        kling_access_key="ak-test",
+        kling_secret_key="sk-" + "w" * 40,
+        kling_api_key="",
+        **FAST,
+    )
+    try:
+        chain = svc.create({"text_prompt": "lanterns on a river", "steps": 1})
+        final = svc.wait(chain["id"], timeout=30)
+        assert final["status"] == "failed"
+        assert "1002" in final["error"]
+        time.sleep(2)
+        assert svc.stats()["creates_total"] == 0
+    finally:
+        stop_service(svc)
