@@ -1,33 +1,33 @@
-"""Streaming, atomic, resumable download of one file over HTTP(S).
+"""Streaming, resumable download of one file over HTTP(S) into archive storage.
 
-The archiver calls `download_file` to copy a video to local storage before the provider
-deletes it. The body streams into a hidden temp file beside the destination while it is
-hashed; only a complete file is moved into place (`os.replace`), so the destination never
-holds a partial video. Failed attempts are retried with backoff, resuming with a `Range`
-request when the server supports it.
+The archiver calls `download_into` to copy a video into its storage (`worker.storage`)
+before the provider deletes it. The body streams into an `Upload` while it is hashed; only a
+complete, verified object is committed, so the final name never holds a partial video.
+Failed attempts are retried with backoff, resuming with a `Range` request from the upload's
+offset when the server supports it, and starting the upload over when it does not.
+`download_file` is the same into a local file.
 
 The decisions (is this URL acceptable, how long to wait, what to do with a reply, where to
-resume) are pure functions below; `download_file` only does the I/O they ask for.
+resume) are pure functions below; `download_into` only does the I/O they ask for.
 """
 
 from __future__ import annotations
 
 import enum
 import hashlib
-import json
 import logging
-import os
 import random
 import re
-import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
 from urllib.parse import urlsplit
 
 import requests
+
+from worker.storage import Upload
+from worker.storage.local import LocalStorage, write_json_atomic
 
 __all__ = [
     "Action",
@@ -43,6 +43,7 @@ __all__ = [
     "check_url",
     "display_url",
     "download_file",
+    "download_into",
     "parse_content_length",
     "parse_content_range",
     "plan_reply",
@@ -71,11 +72,18 @@ class DownloadPermanent(DownloadError):
 
 @dataclass(frozen=True)
 class Downloaded:
-    """A complete file at `path`."""
+    """A complete, verified object at `location` ("/abs/path" or "s3://bucket/key")."""
 
-    path: Path
+    location: str
     bytes: int
     sha256: str
+
+    @property
+    def path(self) -> Path:
+        """The local file; ValueError when the object is in remote storage."""
+        if "://" in self.location:
+            raise ValueError(f"{self.location} is not a local file")
+        return Path(self.location)
 
 
 # -- pure decisions ----------------------------------------------------------------------
@@ -277,70 +285,31 @@ def check_complete(received: int, total: int | None) -> str | None:
 # -- I/O ---------------------------------------------------------------------------------
 
 
-def _create_temp(dest: Path, suffix: str) -> tuple[IO[bytes], Path]:
-    """Open a new hidden file beside `dest` (permissions from the umask, like a plain open)."""
-    while True:
-        temp = dest.with_name(f".{dest.name}.{secrets.token_hex(6)}{suffix}")
-        try:
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:  # pragma: no cover - 48 random bits
-            continue
-        return os.fdopen(fd, "wb"), temp
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _commit(handle: IO[bytes], temp: Path, dest: Path) -> None:
-    """Make `temp` durable and move it over `dest` in one step."""
-    handle.flush()
-    os.fsync(handle.fileno())
-    handle.close()
-    os.replace(temp, dest)
-    _fsync_dir(dest.parent)
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write `data` as JSON to `path` so that readers see the old or the new file, never half."""
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = _create_temp(path, ".tmp")
-    try:
-        with handle:
-            handle.write(text.encode("utf-8"))
-            _commit(handle, temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-
-
 class _Part:
-    """The temp file being filled, its running hash and what the server told us so far."""
+    """The upload being filled, our own hash of what went in, what the server told us so far."""
 
-    def __init__(self, handle: IO[bytes]) -> None:
-        self.handle = handle
+    def __init__(self, upload: Upload) -> None:
+        self.upload = upload
+        if upload.offset:
+            upload.rewind()
         self.hasher = hashlib.sha256()
-        self.received = 0
         self.written = 0  # bytes written over all attempts, to tell progress from a stall
         self.total: int | None = None
         self.ranges = False
         self.etag: str | None = None
 
+    @property
+    def received(self) -> int:
+        """Bytes of the file the upload holds: where a resume starts."""
+        return self.upload.offset
+
     def restart(self) -> None:
-        self.handle.seek(0)
-        self.handle.truncate()
+        self.upload.rewind()
         self.hasher = hashlib.sha256()
-        self.received = 0
 
     def write(self, chunk: bytes) -> None:
-        self.handle.write(chunk)
+        self.upload.write(chunk)
         self.hasher.update(chunk)
-        self.received += len(chunk)
         self.written += len(chunk)
 
 
@@ -395,6 +364,71 @@ _PERMANENT_REQUEST_ERRORS = (
 )
 
 
+def _preflight(
+    url: str, *, deadline: float, max_attempts: int | None, clock: Callable[[], float]
+) -> None:
+    """Refuse at once what can never work, before any request or storage is touched."""
+    check_url(url)
+    if max_attempts is not None and max_attempts < 1:
+        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    now = clock()
+    if now >= deadline:
+        raise DownloadPermanent(f"{display_url(url)}: deadline passed {now - deadline:.0f}s ago")
+
+
+def download_into(
+    url: str,
+    upload: Upload,
+    *,
+    deadline: float,
+    max_bytes: int = 4 * 1024**3,
+    session: requests.Session | None = None,
+    timeout: tuple[float, float] = (5.0, 30.0),
+    chunk_size: int = 1024 * 1024,
+    max_attempts: int | None = None,
+    clock: Callable[[], float] = time.time,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Downloaded:
+    """Download `url` into `upload` and commit it, retrying and resuming until `deadline`.
+
+    The upload is ours from here on: it starts at byte 0, a resume continues from
+    `upload.offset`, a server that cannot resume makes it `rewind`, success `commit`s it
+    with the size and sha256 of the body, and any failure `abort`s it (nothing remains).
+
+    `deadline` is in `clock()` seconds (epoch by default). It decides whether another
+    attempt starts; a transfer in progress is bounded by `timeout` (connect, read) instead.
+    Raises DownloadPermanent for what can never work, DownloadRetryable when the attempts or
+    the time ran out. Errors of the storage propagate unchanged: `OSError` from a local
+    disk, `worker.storage.errors.StorageError` from a bucket.
+    """
+    try:
+        _preflight(url, deadline=deadline, max_attempts=max_attempts, clock=clock)
+        http = session or requests.Session()
+        try:
+            part = _Part(upload)
+            _fetch(
+                http,
+                url,
+                part,
+                deadline=deadline,
+                max_bytes=max_bytes,
+                timeout=timeout,
+                chunk_size=chunk_size,
+                max_attempts=max_attempts,
+                clock=clock,
+                sleep=sleep,
+            )
+        finally:
+            if session is None:
+                http.close()
+        size, sha256 = part.received, part.hasher.hexdigest()
+        location = upload.commit(size=size, sha256=sha256)
+    except BaseException:
+        upload.abort()
+        raise
+    return Downloaded(location, size, sha256)
+
+
 def download_file(
     url: str,
     dest: Path,
@@ -408,46 +442,25 @@ def download_file(
     clock: Callable[[], float] = time.time,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Downloaded:
-    """Download `url` to `dest` atomically, retrying and resuming until `deadline`.
+    """Download `url` to the local file `dest` atomically: `download_into` a `LocalStorage`.
 
-    `deadline` is in `clock()` seconds (epoch by default). It decides whether another
-    attempt starts; a transfer in progress is bounded by `timeout` (connect, read) instead.
-    Raises DownloadPermanent for what can never work, DownloadRetryable when the attempts or
-    the time ran out; either way `dest` is untouched and no temp file remains. Errors of the
-    local disk (OSError) propagate unchanged.
+    On failure `dest` is untouched and no temp file remains. Errors of the local disk
+    (OSError) propagate unchanged; `dest.name` must be a plain file name (ValueError).
     """
-    check_url(url)
-    if max_attempts is not None and max_attempts < 1:
-        raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
-    now = clock()
-    if now >= deadline:
-        raise DownloadPermanent(f"{display_url(url)}: deadline passed {now - deadline:.0f}s ago")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    http = session or requests.Session()
-    handle, temp = _create_temp(dest, ".part")
-    try:
-        with handle:
-            part = _Part(handle)
-            _fetch(
-                http,
-                url,
-                part,
-                deadline=deadline,
-                max_bytes=max_bytes,
-                timeout=timeout,
-                chunk_size=chunk_size,
-                max_attempts=max_attempts,
-                clock=clock,
-                sleep=sleep,
-            )
-            _commit(handle, temp, dest)
-        return Downloaded(dest, part.received, part.hasher.hexdigest())
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    finally:
-        if session is None:
-            http.close()
+    _preflight(url, deadline=deadline, max_attempts=max_attempts, clock=clock)
+    upload = LocalStorage(dest.parent).open(dest.name)
+    return download_into(
+        url,
+        upload,
+        deadline=deadline,
+        max_bytes=max_bytes,
+        session=session,
+        timeout=timeout,
+        chunk_size=chunk_size,
+        max_attempts=max_attempts,
+        clock=clock,
+        sleep=sleep,
+    )
 
 
 def _fetch(

@@ -1,9 +1,9 @@
-"""download_file against a real HTTP server on a loopback port.
+"""download_file and download_into against a real HTTP server on a loopback port.
 
 The server serves 3 MB of deterministic bytes and can be told to misbehave: drop the
 connection mid-body, stall, answer 500 or a fixed status, ignore Range, omit Content-Length.
 It records the Range and If-Range headers it receives. Sleeping is injected, so the tests
-never wait for a backoff.
+never wait for a backoff. The last tests download into S3 storage on moto's server.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
@@ -28,7 +28,12 @@ from worker.download import (
     DownloadPermanent,
     DownloadRetryable,
     download_file,
+    download_into,
 )
+from worker.storage.s3 import MIN_PART_SIZE, S3Storage
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 MB = 1024 * 1024
 DATA = random.Random(20240601).randbytes(3 * MB)
@@ -143,9 +148,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-@pytest.fixture
-def source() -> Iterator[Source]:
-    source = Source(DATA)
+def _serve(data: bytes) -> Iterator[Source]:
+    source = Source(data)
     server = _Server(source)
     source.url = f"http://127.0.0.1:{server.server_address[1]}/video.mp4?sig=secret-token"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
@@ -155,6 +159,11 @@ def source() -> Iterator[Source]:
     server.shutdown()
     server.server_close()
     thread.join(5)
+
+
+@pytest.fixture
+def source() -> Iterator[Source]:
+    yield from _serve(DATA)
 
 
 @pytest.fixture
@@ -511,9 +520,159 @@ def test_file_and_directory_are_synced_before_and_after_the_rename(
         events.append("replace")
         replace(src, dst)
 
-    monkeypatch.setattr("worker.download.os.fsync", spy_fsync)
-    monkeypatch.setattr("worker.download.os.replace", spy_replace)
+    monkeypatch.setattr("worker.storage.local.os.fsync", spy_fsync)
+    monkeypatch.setattr("worker.storage.local.os.replace", spy_replace)
 
     fetch()
 
     assert events == ["fsync-file", "replace", "fsync-dir"]
+
+
+# -- into S3 storage ---------------------------------------------------------------------------
+
+# Three 5 MiB parts and a tail; cut in the second part, on a chunk boundary.
+BIG = random.Random(20240602).randbytes(3 * MIN_PART_SIZE + 100_000)
+BIG_SHA256 = hashlib.sha256(BIG).hexdigest()
+BIG_CUT = MIN_PART_SIZE + 40 * CHUNK
+
+
+@pytest.fixture
+def big_source() -> Iterator[Source]:
+    yield from _serve(BIG)
+
+
+@pytest.fixture
+def bucket_storage(s3: S3Client, bucket: str) -> S3Storage:
+    return S3Storage(bucket, "archive", s3, part_size=MIN_PART_SIZE)
+
+
+@pytest.fixture
+def fetch_s3(
+    big_source: Source, session: requests.Session, fake: FakeTime, bucket_storage: S3Storage
+) -> Callable[..., Any]:
+    """download_into an S3 upload of "video.mp4" with the test's server and fake time."""
+
+    def fetch(**overrides: Any) -> Any:
+        options: dict[str, Any] = {
+            "deadline": fake.now + 3600,
+            "session": session,
+            "chunk_size": CHUNK,
+            "clock": fake.clock,
+            "sleep": fake.sleep,
+        }
+        options.update(overrides)
+        return download_into(big_source.url, bucket_storage.open("video.mp4"), **options)
+
+    return fetch
+
+
+def stored(s3: S3Client, bucket: str) -> tuple[list[str], list[str]]:
+    """The bucket's keys and its open multipart uploads."""
+    objects = s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    uploads = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    return [o["Key"] for o in objects], [u["Key"] for u in uploads]
+
+
+def test_into_s3_whole(
+    big_source: Source, fetch_s3: Callable[..., Any], s3: S3Client, bucket: str
+) -> None:
+    result = fetch_s3()
+
+    assert result.location == f"s3://{bucket}/archive/video.mp4"
+    assert (result.bytes, result.sha256) == (len(BIG), BIG_SHA256)
+    body = s3.get_object(Bucket=bucket, Key="archive/video.mp4")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == BIG_SHA256
+    assert stored(s3, bucket) == (["archive/video.mp4"], [])
+    with pytest.raises(ValueError, match="not a local file"):
+        _ = result.path
+
+
+def test_into_s3_cut_connection_resumes_with_range(
+    big_source: Source,
+    fetch_s3: Callable[..., Any],
+    fake: FakeTime,
+    s3: S3Client,
+    bucket: str,
+) -> None:
+    # Given a server that drops the connection in the second part and supports ranges
+    big_source.switches.cuts, big_source.switches.cut_after = 1, BIG_CUT
+
+    # When we download into the bucket
+    result = fetch_s3()
+
+    # Then the retry asks for the rest only: the upload kept its part and its buffer
+    assert big_source.ranges == [None, f"bytes={BIG_CUT}-"]
+    assert len(fake.sleeps) == 1
+    assert (result.bytes, result.sha256) == (len(BIG), BIG_SHA256)
+    body = s3.get_object(Bucket=bucket, Key="archive/video.mp4")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == BIG_SHA256
+    assert stored(s3, bucket) == (["archive/video.mp4"], [])
+
+
+@pytest.mark.parametrize(
+    ("advertise", "ranges"),
+    [(True, [None, f"bytes={BIG_CUT}-"]), (False, [None, None])],
+)
+def test_into_s3_restart_from_zero(
+    big_source: Source,
+    fetch_s3: Callable[..., Any],
+    s3: S3Client,
+    bucket: str,
+    advertise: bool,
+    ranges: list[str | None],
+) -> None:
+    # Given a server that cannot resume (it ignores Range, or never offered it)
+    big_source.switches.advertise_ranges = advertise
+    big_source.switches.honor_ranges = False
+    big_source.switches.cuts, big_source.switches.cut_after = 1, BIG_CUT
+
+    result = fetch_s3()
+
+    # Then the second body replaced the first: the object is byte-identical
+    assert big_source.ranges == ranges
+    assert (result.bytes, result.sha256) == (len(BIG), BIG_SHA256)
+    body = s3.get_object(Bucket=bucket, Key="archive/video.mp4")["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == BIG_SHA256
+    assert stored(s3, bucket) == (["archive/video.mp4"], [])
+
+
+@pytest.mark.parametrize(
+    ("switch", "error"),
+    [
+        ({"cuts": 1000, "cut_after": BIG_CUT}, DownloadRetryable),
+        ({"status": 404}, DownloadPermanent),
+    ],
+)
+def test_into_s3_failure_leaves_no_object_and_no_open_upload(
+    big_source: Source,
+    fetch_s3: Callable[..., Any],
+    s3: S3Client,
+    bucket: str,
+    switch: dict[str, Any],
+    error: type[Exception],
+) -> None:
+    for name, value in switch.items():
+        setattr(big_source.switches, name, value)
+
+    with pytest.raises(error):
+        fetch_s3(max_attempts=2)
+
+    assert stored(s3, bucket) == ([], [])
+
+
+def test_into_s3_interrupt_aborts_the_multipart_upload(
+    big_source: Source, fetch_s3: Callable[..., Any], s3: S3Client, bucket: str
+) -> None:
+    # Given a part in the bucket's open upload, waiting for a retry
+    big_source.switches.cuts, big_source.switches.cut_after = 1, BIG_CUT
+
+    def interrupted(seconds: float) -> None:
+        assert stored(s3, bucket) == ([], ["archive/video.mp4"])
+        raise KeyboardInterrupt
+
+    # When the worker is interrupted during the backoff
+    with pytest.raises(KeyboardInterrupt):
+        fetch_s3(sleep=interrupted)
+
+    # Then the upload is aborted and nothing is visible
+    assert stored(s3, bucket) == ([], [])

@@ -314,7 +314,7 @@ def test_write_json_atomic_removes_the_temp_when_the_replace_fails(
     def refuse(src: object, dst: object) -> None:
         raise OSError("disk on fire")
 
-    monkeypatch.setattr("worker.download.os.replace", refuse)
+    monkeypatch.setattr("worker.storage.local.os.replace", refuse)
     with pytest.raises(OSError, match="disk on fire"):
         write_json_atomic(path, {"version": 2})
 
@@ -336,8 +336,8 @@ def test_write_json_atomic_syncs_the_file_then_the_directory(
         events.append("replace")
         replace(src, dst)
 
-    monkeypatch.setattr("worker.download.os.fsync", spy_fsync)
-    monkeypatch.setattr("worker.download.os.replace", spy_replace)
+    monkeypatch.setattr("worker.storage.local.os.fsync", spy_fsync)
+    monkeypatch.setattr("worker.storage.local.os.replace", spy_replace)
 
     write_json_atomic(tmp_path / "video.json", {"ok": True})
 

@@ -1,0 +1,310 @@
+"""S3Storage against moto's S3-compatible server on a loopback port (never AWS).
+
+Parts are 5 MiB, S3's minimum, so a few parts make a multipart object of some 16 MiB.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from worker.storage import Upload, open_storage
+from worker.storage.errors import ChecksumMismatch, StoragePermanent
+from worker.storage.s3 import MIN_PART_SIZE, S3Storage, S3Upload
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from mypy_boto3_s3 import S3Client
+
+MB = 1024 * 1024
+PART = MIN_PART_SIZE
+BIG = random.Random(7).randbytes(3 * PART + 123_457)  # three full parts and a tail
+BIG_SHA256 = hashlib.sha256(BIG).hexdigest()
+
+
+@pytest.fixture
+def storage(s3: S3Client, bucket: str) -> S3Storage:
+    return S3Storage(bucket, "archive", s3, part_size=PART)
+
+
+def write_in_pieces(upload: Upload, data: bytes, piece: int = MB) -> None:
+    for start in range(0, len(data), piece):
+        upload.write(data[start : start + piece])
+
+
+def fetch(s3: S3Client, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def keys(s3: S3Client, bucket: str) -> list[str]:
+    return [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+
+def pending(s3: S3Client, bucket: str) -> list[str]:
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+# -- commit ------------------------------------------------------------------------------------
+
+
+def test_an_object_of_several_parts_arrives_byte_identical(
+    s3: S3Client, bucket: str, storage: S3Storage
+) -> None:
+    # Given an upload fed 1 MiB at a time
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, BIG)
+    assert upload.offset == len(BIG)
+
+    # When it is committed
+    location = upload.commit(size=len(BIG), sha256=BIG_SHA256)
+
+    # Then the object is the same bytes, made of 4 parts, and no upload is left open
+    assert location == f"s3://{bucket}/archive/vid_1.mp4"
+    assert hashlib.sha256(fetch(s3, bucket, "archive/vid_1.mp4")).hexdigest() == BIG_SHA256
+    head = s3.head_object(Bucket=bucket, Key="archive/vid_1.mp4", ChecksumMode="ENABLED")
+    assert head["ContentLength"] == len(BIG)
+    assert head["ETag"].strip('"').endswith("-4")
+    assert head["ContentType"] == "video/mp4"
+    digests = b"".join(hashlib.sha256(BIG[i : i + PART]).digest() for i in range(0, len(BIG), PART))
+    composite = base64.b64encode(hashlib.sha256(digests).digest()).decode()
+    assert head["ChecksumSHA256"].split("-")[0] == composite
+    assert pending(s3, bucket) == []
+    assert keys(s3, bucket) == ["archive/vid_1.mp4"]
+
+
+def test_the_object_is_invisible_until_the_commit(
+    s3: S3Client, bucket: str, storage: S3Storage
+) -> None:
+    # Given an older copy under the key, and a new upload two parts in
+    s3.put_object(Bucket=bucket, Key="archive/vid_1.mp4", Body=b"older copy")
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, BIG[: 2 * PART + MB])
+    assert pending(s3, bucket) == ["archive/vid_1.mp4"]
+
+    # Then readers still see the older copy, and nothing else
+    assert keys(s3, bucket) == ["archive/vid_1.mp4"]
+    assert fetch(s3, bucket, "archive/vid_1.mp4") == b"older copy"
+    assert upload.offset == 2 * PART + MB
+
+    # When the rest arrives and it is committed, the new object replaces the old at once
+    write_in_pieces(upload, BIG[2 * PART + MB :])
+    upload.commit(size=len(BIG), sha256=BIG_SHA256)
+    assert fetch(s3, bucket, "archive/vid_1.mp4") == BIG
+
+
+def test_a_new_key_does_not_exist_during_the_upload(
+    s3: S3Client, bucket: str, storage: S3Storage
+) -> None:
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, BIG[: PART + 1])
+
+    assert not storage.exists("vid_1.mp4")
+    assert keys(s3, bucket) == []
+    with pytest.raises(s3.exceptions.ClientError, match="404"):
+        s3.head_object(Bucket=bucket, Key="archive/vid_1.mp4")
+    upload.abort()
+
+
+def test_a_small_object_is_one_put_with_its_sha256(
+    s3: S3Client, bucket: str, storage: S3Storage
+) -> None:
+    data = b"a short video" * 1000
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, data, piece=1000)
+    assert pending(s3, bucket) == []  # nothing started before a full part
+    assert keys(s3, bucket) == []
+
+    upload.commit(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    assert fetch(s3, bucket, "archive/vid_1.mp4") == data
+    head = s3.head_object(Bucket=bucket, Key="archive/vid_1.mp4")
+    assert head["Metadata"] == {"sha256": hashlib.sha256(data).hexdigest()}
+    assert pending(s3, bucket) == []
+
+
+def test_exactly_one_part(s3: S3Client, bucket: str, storage: S3Storage) -> None:
+    data = BIG[:PART]
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, data)
+
+    upload.commit(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+
+    assert fetch(s3, bucket, "archive/vid_1.mp4") == data
+
+
+def test_an_empty_object(s3: S3Client, bucket: str, storage: S3Storage) -> None:
+    upload = storage.open("vid_1.mp4")
+
+    upload.commit(size=0, sha256=hashlib.sha256(b"").hexdigest())
+
+    assert fetch(s3, bucket, "archive/vid_1.mp4") == b""
+
+
+# -- abort, rewind, failures -------------------------------------------------------------------
+
+
+def test_abort_leaves_no_object_and_no_open_upload(
+    s3: S3Client, bucket: str, storage: S3Storage
+) -> None:
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, BIG[: 2 * PART + 10])
+    assert pending(s3, bucket) == ["archive/vid_1.mp4"]
+
+    upload.abort()
+    upload.abort()
+
+    assert pending(s3, bucket) == []
+    assert keys(s3, bucket) == []
+    with pytest.raises(RuntimeError, match="aborted"):
+        upload.write(b"more")
+
+
+def test_rewind_mid_way_then_complete(s3: S3Client, bucket: str, storage: S3Storage) -> None:
+    # Given two parts of a body that turned out to be wrong (a server that restarted)
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, bytes(2 * PART + 5))
+    assert isinstance(upload, S3Upload)
+    first = upload.upload_id
+    assert first is not None
+
+    # When the upload rewinds, its multipart upload is aborted
+    upload.rewind()
+    assert (upload.offset, upload.upload_id) == (0, None)
+    assert pending(s3, bucket) == []
+
+    # And the right body follows and is committed
+    write_in_pieces(upload, BIG)
+    assert upload.upload_id not in (None, first)
+    upload.commit(size=len(BIG), sha256=BIG_SHA256)
+
+    # Then the object is the right body only, and no upload is left open
+    assert fetch(s3, bucket, "archive/vid_1.mp4") == BIG
+    assert pending(s3, bucket) == []
+
+
+@pytest.mark.parametrize(
+    ("size", "sha256"),
+    [
+        (len(BIG) - 1, BIG_SHA256),
+        (len(BIG), hashlib.sha256(b"other").hexdigest()),
+    ],
+)
+def test_commit_with_the_wrong_size_or_sha256_leaves_nothing(
+    s3: S3Client, bucket: str, storage: S3Storage, size: int, sha256: str
+) -> None:
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, BIG)
+
+    with pytest.raises(ChecksumMismatch, match="were written"):
+        upload.commit(size=size, sha256=sha256)
+
+    assert keys(s3, bucket) == []
+    assert pending(s3, bucket) == []
+
+
+@pytest.mark.parametrize(("field", "value"), [("ContentLength", 1), ("ChecksumSHA256", "AAAA-4")])
+def test_an_object_that_is_not_what_was_sent_is_deleted(
+    s3: S3Client,
+    bucket: str,
+    storage: S3Storage,
+    monkeypatch: pytest.MonkeyPatch,
+    field: str,
+    value: Any,
+) -> None:
+    # Given a server that reports something else than what was sent
+    head_object = s3.head_object
+
+    def lying_head(**kwargs: Any) -> Any:
+        head = dict(head_object(**kwargs))
+        head[field] = value
+        return head
+
+    monkeypatch.setattr(s3, "head_object", lying_head)
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, BIG)
+
+    # Then the commit fails and the bad object is gone
+    with pytest.raises(ChecksumMismatch, match="deleted it"):
+        upload.commit(size=len(BIG), sha256=BIG_SHA256)
+    assert keys(s3, bucket) == []
+    assert pending(s3, bucket) == []
+
+
+def test_a_missing_bucket_is_permanent(s3: S3Client) -> None:
+    storage = S3Storage("no-such-bucket-here", "", s3, part_size=PART)
+    upload = storage.open("vid_1.mp4")
+
+    with pytest.raises(StoragePermanent, match="NoSuchBucket"):
+        write_in_pieces(upload, BIG[: PART + 1])
+    upload.abort()
+
+
+@pytest.mark.parametrize("part_size", [PART - 1, 0, 5 * 1024**3 + 1])
+def test_part_size_outside_s3s_limits_is_refused(s3: S3Client, part_size: int) -> None:
+    with pytest.raises(ValueError, match="part size must be between"):
+        S3Storage("bucket", "", s3, part_size=part_size)
+
+
+# -- open_storage ------------------------------------------------------------------------------
+
+
+def test_open_storage_puts_keys_under_the_prefix(s3: S3Client, bucket: str, tmp_path: Path) -> None:
+    storage = open_storage(
+        archive_url=f"s3://{bucket}/some/prefix", archive_dir=tmp_path, client=s3, part_size=PART
+    )
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, BIG)
+
+    location = upload.commit(size=len(BIG), sha256=BIG_SHA256)
+    sidecar = storage.write_json("vid_1.json", {"sha256": BIG_SHA256, "bytes": len(BIG)})
+
+    assert location == f"s3://{bucket}/some/prefix/vid_1.mp4"
+    assert sidecar == f"s3://{bucket}/some/prefix/vid_1.json"
+    assert storage.location("x.mp4") == f"s3://{bucket}/some/prefix/x.mp4"
+    assert keys(s3, bucket) == ["some/prefix/vid_1.json", "some/prefix/vid_1.mp4"]
+    assert json.loads(fetch(s3, bucket, "some/prefix/vid_1.json")) == {
+        "sha256": BIG_SHA256,
+        "bytes": len(BIG),
+    }
+    assert storage.exists("vid_1.mp4")
+    assert not storage.exists("vid_2.mp4")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_open_storage_makes_its_own_client_from_the_environment(
+    s3: S3Client, bucket: str, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+    storage = open_storage(
+        archive_url=f"s3://{bucket}", archive_dir=tmp_path, s3_endpoint_url=s3_endpoint
+    )
+    location = storage.write_json("vid_1.json", {"ok": True})
+
+    assert location == f"s3://{bucket}/vid_1.json"
+    assert keys(s3, bucket) == ["vid_1.json"]
+
+
+@pytest.mark.parametrize(
+    ("url", "advice"),
+    [
+        ("s3:/bucket/prefix", "bucket name"),
+        ("s3://bucket:9000/prefix", "S3_ENDPOINT_URL"),
+        ("minio://bucket/prefix", "s3://bucket/prefix"),
+        ("bucket/prefix", "s3://bucket/prefix"),
+    ],
+)
+def test_open_storage_explains_a_bad_url(
+    s3: S3Client, tmp_path: Path, url: str, advice: str
+) -> None:
+    with pytest.raises(ValueError, match="ARCHIVE_URL") as caught:
+        open_storage(archive_url=url, archive_dir=tmp_path, client=s3)
+    assert advice in str(caught.value)

@@ -1,0 +1,306 @@
+"""LocalStorage: uploads that appear whole or not at all, name checks, atomic JSON."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from worker.storage import Upload, open_storage
+from worker.storage.errors import ChecksumMismatch
+from worker.storage.local import LocalStorage
+
+DATA = bytes(range(256)) * 4096  # 1 MiB
+DATA_SHA256 = hashlib.sha256(DATA).hexdigest()
+
+
+def listing(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> LocalStorage:
+    return LocalStorage(tmp_path / "archive")
+
+
+def write_in_pieces(upload: Upload, data: bytes, piece: int = 100_000) -> None:
+    for start in range(0, len(data), piece):
+        upload.write(data[start : start + piece])
+
+
+# -- commit ------------------------------------------------------------------------------------
+
+
+def test_commit_makes_the_file_appear_whole(storage: LocalStorage) -> None:
+    # Given an upload with every byte written
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, DATA)
+    assert upload.offset == len(DATA)
+
+    # Then before the commit only a hidden temp file exists, not the target
+    [temp] = listing(storage.directory)
+    assert temp.startswith(".vid_1.mp4.")
+    assert temp.endswith(".part")
+    assert not storage.exists("vid_1.mp4")
+
+    # When it is committed
+    location = upload.commit(size=len(DATA), sha256=DATA_SHA256)
+
+    # Then the file is there with the right bytes, and nothing else
+    assert location == str(storage.directory / "vid_1.mp4")
+    assert Path(location).read_bytes() == DATA
+    assert listing(storage.directory) == ["vid_1.mp4"]
+    assert storage.exists("vid_1.mp4")
+
+
+def test_commit_replaces_an_older_file_only_at_the_end(storage: LocalStorage) -> None:
+    storage.directory.mkdir()
+    (storage.directory / "vid_1.mp4").write_bytes(b"older copy")
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, DATA)
+
+    assert (storage.directory / "vid_1.mp4").read_bytes() == b"older copy"
+    upload.commit(size=len(DATA), sha256=DATA_SHA256.upper())
+
+    assert (storage.directory / "vid_1.mp4").read_bytes() == DATA
+    assert listing(storage.directory) == ["vid_1.mp4"]
+
+
+def test_commit_syncs_the_file_then_renames_then_syncs_the_directory(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        events.append("fsync")
+        fsync(fd)
+
+    def spy_replace(src: Path, dst: Path) -> None:
+        events.append("replace")
+        replace(src, dst)
+
+    upload = storage.open("vid_1.mp4")
+    upload.write(b"abc")
+    monkeypatch.setattr("worker.storage.local.os.fsync", spy_fsync)
+    monkeypatch.setattr("worker.storage.local.os.replace", spy_replace)
+
+    upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+
+    assert events == ["fsync", "replace", "fsync"]
+
+
+def test_empty_object(storage: LocalStorage) -> None:
+    upload = storage.open("empty.mp4")
+
+    location = upload.commit(size=0, sha256=hashlib.sha256(b"").hexdigest())
+
+    assert Path(location).read_bytes() == b""
+
+
+@pytest.mark.parametrize(
+    ("size", "sha256"),
+    [
+        (len(DATA) - 1, DATA_SHA256),
+        (len(DATA) + 1, DATA_SHA256),
+        (len(DATA), hashlib.sha256(b"other bytes").hexdigest()),
+        (len(DATA), "not a hash"),
+    ],
+)
+def test_commit_with_wrong_size_or_sha256_raises_and_leaves_nothing(
+    storage: LocalStorage, size: int, sha256: str
+) -> None:
+    storage.directory.mkdir()
+    (storage.directory / "vid_1.mp4").write_bytes(b"older copy")
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, DATA)
+
+    with pytest.raises(ChecksumMismatch, match="were written"):
+        upload.commit(size=size, sha256=sha256)
+
+    assert listing(storage.directory) == ["vid_1.mp4"]
+    assert (storage.directory / "vid_1.mp4").read_bytes() == b"older copy"
+
+
+def test_a_failing_rename_leaves_nothing(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upload = storage.open("vid_1.mp4")
+    upload.write(b"abc")
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr("worker.storage.local.os.replace", refuse)
+    with pytest.raises(OSError, match="disk on fire"):
+        upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+
+    assert listing(storage.directory) == []
+
+
+# -- abort, rewind, misuse ---------------------------------------------------------------------
+
+
+def test_abort_leaves_nothing_and_can_be_repeated(storage: LocalStorage) -> None:
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, DATA)
+
+    upload.abort()
+    upload.abort()
+
+    assert listing(storage.directory) == []
+    with pytest.raises(RuntimeError, match="aborted"):
+        upload.write(b"more")
+    with pytest.raises(RuntimeError, match="aborted"):
+        upload.commit(size=len(DATA), sha256=DATA_SHA256)
+
+
+def test_an_exception_while_writing_then_abort_leaves_nothing(storage: LocalStorage) -> None:
+    upload = storage.open("vid_1.mp4")
+
+    def caller() -> None:
+        try:
+            upload.write(b"half a video")
+            raise ConnectionError("the source went away")
+        except BaseException:
+            upload.abort()
+            raise
+
+    with pytest.raises(ConnectionError):
+        caller()
+
+    assert listing(storage.directory) == []
+
+
+def test_abort_after_commit_keeps_the_file(storage: LocalStorage) -> None:
+    upload = storage.open("vid_1.mp4")
+    upload.write(b"abc")
+    upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+
+    upload.abort()
+
+    assert (storage.directory / "vid_1.mp4").read_bytes() == b"abc"
+    with pytest.raises(RuntimeError, match="committed"):
+        upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+
+
+def test_rewind_discards_what_was_written(storage: LocalStorage) -> None:
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, b"x" * 300_000)
+
+    upload.rewind()
+
+    assert upload.offset == 0
+    write_in_pieces(upload, DATA)
+    assert upload.offset == len(DATA)
+    upload.commit(size=len(DATA), sha256=DATA_SHA256)
+    assert (storage.directory / "vid_1.mp4").read_bytes() == DATA
+
+
+def test_two_uploads_of_one_name_do_not_share_a_temp_file(storage: LocalStorage) -> None:
+    first, second = storage.open("vid_1.mp4"), storage.open("vid_1.mp4")
+    first.write(b"first")
+    second.write(b"second")
+
+    second.commit(size=6, sha256=hashlib.sha256(b"second").hexdigest())
+    first.abort()
+
+    assert (storage.directory / "vid_1.mp4").read_bytes() == b"second"
+    assert listing(storage.directory) == ["vid_1.mp4"]
+
+
+# -- names -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "a/b.mp4", "../b.mp4", "a\\b.mp4", ".hidden", ".", "..", "a..b", "x\0y", "/abs"],
+)
+def test_names_that_are_not_plain_file_names_are_refused(storage: LocalStorage, name: str) -> None:
+    with pytest.raises(ValueError, match="object name"):
+        storage.open(name)
+    with pytest.raises(ValueError, match="object name"):
+        storage.location(name)
+    with pytest.raises(ValueError, match="object name"):
+        storage.write_json(name, {})
+    with pytest.raises(ValueError, match="object name"):
+        storage.exists(name)
+    assert listing(storage.directory) == []
+
+
+@pytest.mark.parametrize("name", ["vid_123.mp4", "vid-1.2.json", "a", "CjhDaWgU7G.mp4"])
+def test_plain_names_are_accepted(storage: LocalStorage, name: str) -> None:
+    assert storage.location(name) == str(storage.directory / name)
+
+
+def test_a_relative_directory_gives_absolute_locations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+
+    storage = LocalStorage(Path("archive"))
+
+    assert storage.location("v.mp4") == str(tmp_path / "archive" / "v.mp4")
+
+
+# -- JSON --------------------------------------------------------------------------------------
+
+
+def test_write_json_writes_valid_json_and_no_temp(storage: LocalStorage) -> None:
+    data = {"video_id": "vid_1", "bytes": 3, "tags": ["é", 1]}
+
+    location = storage.write_json("vid_1.json", data)
+
+    assert location == str(storage.directory / "vid_1.json")
+    assert json.loads(Path(location).read_text(encoding="utf-8")) == data
+    assert listing(storage.directory) == ["vid_1.json"]
+
+
+def test_write_json_failure_keeps_the_old_file(storage: LocalStorage) -> None:
+    storage.write_json("vid_1.json", {"version": 1})
+
+    with pytest.raises(TypeError):
+        storage.write_json("vid_1.json", {"version": object()})
+
+    assert json.loads((storage.directory / "vid_1.json").read_text("utf-8")) == {"version": 1}
+    assert listing(storage.directory) == ["vid_1.json"]
+
+
+def test_write_json_replaces_in_one_step(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    storage.write_json("vid_1.json", {"version": 1})
+    seen: list[object] = []
+    replace = os.replace
+
+    def spy_replace(src: Path, dst: Path) -> None:
+        # Just before the switch the reader still sees the complete old file
+        seen.append(json.loads(Path(dst).read_text("utf-8")))
+        replace(src, dst)
+
+    monkeypatch.setattr("worker.storage.local.os.replace", spy_replace)
+    storage.write_json("vid_1.json", {"version": 2})
+
+    assert seen == [{"version": 1}]
+    assert json.loads((storage.directory / "vid_1.json").read_text("utf-8")) == {"version": 2}
+
+
+# -- open_storage ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", [None, "", "  "])
+def test_no_archive_url_means_the_archive_dir(tmp_path: Path, url: str | None) -> None:
+    storage = open_storage(archive_url=url, archive_dir=tmp_path / "a")
+
+    assert isinstance(storage, LocalStorage)
+    assert storage.directory == tmp_path / "a"
+
+
+def test_file_url_means_that_directory(tmp_path: Path) -> None:
+    storage = open_storage(archive_url=f"file://{tmp_path}/b%20c", archive_dir=tmp_path / "a")
+
+    assert isinstance(storage, LocalStorage)
+    assert storage.location("v.mp4") == str(tmp_path / "b c" / "v.mp4")
