@@ -71,6 +71,21 @@ class ChainRequest(BaseModel):
         )
 
 
+class ArchiveTask(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: Id
+    kind: Literal["video-extend", "text2video", "image2video"] = "video-extend"
+
+
+class ArchiveRequest(BaseModel):
+    """``POST /archive``: tasks of the account whose videos must be kept."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tasks: Annotated[list[ArchiveTask], Field(min_length=1, max_length=500)]
+
+
 def problems(exc: ValidationError) -> list[dict[str, Any]]:
     """Pydantic's errors as ``{"field", "message"}`` a person can act on."""
     out = []

@@ -10,7 +10,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,20 +18,24 @@ import redis
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from kling.errors import KlingError
 from kling.models import parse_task
-from webhook.api import ChainRequest, problems
+from webhook.api import ArchiveRequest, ChainRequest, problems
 from worker import tokens
+from worker.archiver import ARCHIVE_TASK_TASK
 from worker.chain import new_chain
 from worker.runner import REFRESH_TASK, SUBMIT_TASK
 from worker.settings import Settings, get_settings
 from worker.store import Store, Timing, UnknownChain
+from worker.videos import Videos, VideoState, at_risk
+
+KINDS = ("video-extend", "text2video", "image2video")
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +60,10 @@ async def read_capped(request: Request, limit: int) -> bytes:
 
 
 class Web:
-    def __init__(self, settings: Settings, store: Store, send_task: Any) -> None:
+    def __init__(self, settings: Settings, store: Store, videos: Videos, send_task: Any) -> None:
         self.settings = settings
         self.store = store
+        self.videos = videos
         self.send_task = send_task
         self.secret = settings.secret()
 
@@ -127,6 +132,94 @@ class Web:
         log.debug("callback %s/%s: task %s %s", chain_id, index, task.task_id, task.status)
         return JSONResponse({"ok": True})
 
+    # -- archiving any task of the account ---------------------------------------------------
+    async def archive_callback(self, request: Request) -> Response:
+        kind = request.path_params["kind"]
+        if kind not in KINDS or not tokens.verify_archive(
+            self.secret, kind, request.path_params["token"]
+        ):
+            return error(403, "invalid callback token")
+        body = await read_capped(request, MAX_CALLBACK_BYTES)
+        try:
+            task = parse_task(json.loads(body))
+        except (ValueError, KlingError) as exc:
+            return error(400, f"not a Kling task object: {exc}")
+        if task.status.terminal:  # earlier statuses carry no video; the final one will come
+            await self.enqueue(ARCHIVE_TASK_TASK, kind, task.task_id, "callback")
+        log.info("archive callback: %s task %s %s", kind, task.task_id, task.status)
+        return JSONResponse({"ok": True})
+
+    async def request_archive(self, request: Request) -> Response:
+        body = await read_capped(request, MAX_REQUEST_BYTES)
+        try:
+            req = ArchiveRequest.model_validate_json(body or b"null")
+        except ValidationError as exc:
+            return error(422, "invalid archive request", details=problems(exc))
+        for task in req.tasks:
+            await self.enqueue(ARCHIVE_TASK_TASK, task.kind, task.task_id, "request")
+        return JSONResponse({"queued": [t.model_dump() for t in req.tasks]}, status_code=202)
+
+    def _paging(self, request: Request) -> tuple[VideoState | None, int, float | None]:
+        q = request.query_params
+        try:
+            state = VideoState(q["state"]) if "state" in q else None
+            limit = int(q.get("limit", "50"))
+            before = float(q["before"]) if "before" in q else None
+        except ValueError as exc:
+            raise HTTPException(
+                422, "state must be pending, archived or lost; limit an integer; before a number"
+            ) from exc
+        if not 1 <= limit <= 500:
+            raise HTTPException(422, "limit must be between 1 and 500")
+        return state, limit, before
+
+    async def list_archive(self, request: Request) -> Response:
+        state, limit, before = self._paging(request)
+        found = await run_in_threadpool(
+            lambda: self.videos.recent(state=state, limit=limit, before=before)
+        )
+        now, warn = time.time(), self.settings.archive_warn_seconds
+        return JSONResponse(
+            {
+                "videos": [v.view(now, warn) for v in found],
+                "next_before": found[-1].known_at if len(found) == limit else None,
+                "counts": await run_in_threadpool(self.videos.counts),
+            }
+        )
+
+    async def export_archive(self, request: Request) -> Response:
+        state, _, _ = self._paging(request)
+        videos, warn = self.videos, self.settings.archive_warn_seconds
+
+        def lines() -> Iterator[str]:
+            before = None
+            while True:
+                page = videos.recent(state=state, limit=500, before=before)
+                now = time.time()
+                for record in page:
+                    yield json.dumps(record.view(now, warn)) + "\n"
+                if len(page) < 500:
+                    return
+                before = page[-1].known_at
+
+        return StreamingResponse(iterate_in_threadpool(lines()), media_type="application/x-ndjson")
+
+    async def callback_urls(self, request: Request) -> Response:
+        base = self.settings.public_base()
+        return JSONResponse(
+            {kind: tokens.archive_callback_url(base, self.secret, kind) for kind in KINDS}
+        )
+
+    async def metrics(self, request: Request) -> Response:
+        counts = await run_in_threadpool(self.videos.counts)
+        pending = await run_in_threadpool(lambda: self.videos.by_deadline(1000))
+        now, warn = time.time(), self.settings.archive_warn_seconds
+        risky = sum(1 for r in pending if at_risk(r, now, warn))
+        lines = ["# TYPE kc_videos gauge"]
+        lines += [f'kc_videos{{state="{state}"}} {n}' for state, n in counts.items()]
+        lines += ["# TYPE kc_videos_at_risk gauge", f"kc_videos_at_risk {risky}"]
+        return PlainTextResponse("\n".join(lines) + "\n")
+
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
@@ -152,7 +245,7 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
         from worker.celery import app as celery_app
 
         send_task = celery_app.send_task
-    web = Web(settings, store, send_task)
+    web = Web(settings, store, Videos(store.redis, prefix=settings.key_prefix), send_task)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -166,6 +259,12 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             Route("/chains/{chain_id}", web.get_chain, methods=["GET"]),
             Route("/healthz", web.healthz, methods=["GET"]),
             Route("/callbacks/{chain_id}/{index:int}/{token}", web.callback, methods=["POST"]),
+            Route("/callbacks/archive/{kind}/{token}", web.archive_callback, methods=["POST"]),
+            Route("/archive", web.request_archive, methods=["POST"]),
+            Route("/archive", web.list_archive, methods=["GET"]),
+            Route("/archive.jsonl", web.export_archive, methods=["GET"]),
+            Route("/archive/callback-urls", web.callback_urls, methods=["GET"]),
+            Route("/metrics", web.metrics, methods=["GET"]),
         ],
         exception_handlers={
             HTTPException: _http_error,

@@ -415,6 +415,7 @@ class Outcome:
     chain: Chain
     actions: list[Action] = field(default_factory=list)
     verdict: Verdict = Verdict.SKIP
+    ended: bool = False  # this event is the one that made the chain succeed or fail
 
 
 def apply(chain: Chain, event: Event, now: float) -> Outcome:
@@ -465,6 +466,8 @@ def apply(chain: Chain, event: Event, now: float) -> Outcome:
                     new.error = f"archiving video {entry.video_id} failed: {event.message}"
     if new != chain:
         new.updated_at = now
+    finished = (ChainStatus.SUCCEEDED, ChainStatus.FAILED)
+    out.ended = chain.status not in finished and new.status in finished
     return out
 
 

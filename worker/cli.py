@@ -54,6 +54,15 @@ class Api:
         result: dict[str, Any] = self._call("GET", f"/chains/{chain_id}")
         return result
 
+    def archive(self, tasks: list[dict[str, str]]) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("POST", "/archive", {"tasks": tasks})
+        return result
+
+    def archived(self, state: str | None, limit: int) -> dict[str, Any]:
+        query = f"?limit={limit}" + (f"&state={state}" if state else "")
+        result: dict[str, Any] = self._call("GET", f"/archive{query}")
+        return result
+
     def recent(self, limit: int) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/chains?limit={limit}")
         return result
@@ -154,6 +163,28 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _archive(args: argparse.Namespace) -> int:
+    queued = Api(args.api).archive([{"task_id": t, "kind": args.kind} for t in args.task_ids])
+    for task in queued["queued"]:
+        print(f"queued {task['kind']} task {task['task_id']} for archiving")
+    return 0
+
+
+def _archived(args: argparse.Namespace) -> int:
+    page = Api(args.api).archived(args.state, args.limit)
+    if args.json:
+        for video in page["videos"]:
+            print(json.dumps(video))
+        return 0
+    counts = ", ".join(f"{n} {state}" for state, n in page["counts"].items())
+    print(f"videos: {counts}")
+    for v in page["videos"]:
+        risk = "  AT RISK" if v["at_risk"] else ""
+        where = v["location"] or v["error"] or ""
+        print(f"{v['video_id']}  {v['state']:<8}  {v['kind']:<12} {where}{risk}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kling-chain", description=__doc__)
     parser.add_argument(
@@ -187,6 +218,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="recent chains, newest first")
     ls.add_argument("--limit", type=int, default=20)
     ls.set_defaults(run=_list)
+
+    ar = sub.add_parser("archive", help="archive the videos of tasks this service did not run")
+    ar.add_argument("task_ids", nargs="+", metavar="TASK_ID")
+    ar.add_argument(
+        "--kind", default="video-extend", choices=["video-extend", "text2video", "image2video"]
+    )
+    ar.set_defaults(run=_archive)
+
+    av = sub.add_parser("archived", help="the archive's manifest, newest first")
+    av.add_argument("--state", choices=["pending", "archived", "lost"])
+    av.add_argument("--limit", type=int, default=50)
+    av.add_argument("--json", action="store_true", help="one JSON object per line")
+    av.set_defaults(run=_archived)
 
     sub.add_parser(
         "fake-gateway", help="run the fake Kling gateway (see --help after it)", add_help=False

@@ -11,10 +11,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from kling.client import KlingClient
 from kling.errors import (
@@ -27,6 +24,7 @@ from kling.errors import (
 )
 from kling.models import ExtendRequest, Task, TaskKind, Text2VideoRequest
 from worker import tokens
+from worker.archiver import NOTIFY_TASK, Archiver
 from worker.chain import (
     Action,
     ArchiveClaim,
@@ -36,7 +34,9 @@ from worker.chain import (
     ArchiveVideo,
     Chain,
     Claim,
+    Event,
     NeedsAttention,
+    Outcome,
     Step,
     SubmitFailed,
     SubmitRetry,
@@ -45,19 +45,14 @@ from worker.chain import (
     TaskUpdate,
     Verdict,
 )
-from worker.download import (
-    DownloadPermanent,
-    DownloadRetryable,
-    backoff,
-    download_file,
-    write_json_atomic,
-)
+from worker.download import DownloadPermanent, DownloadRetryable, backoff
+from worker.notify import EventType, event_id, new_event
 from worker.settings import Settings
 from worker.store import Store
+from worker.videos import VideoRecord
 
 log = logging.getLogger(__name__)
 
-VIDEO_RETENTION_SECONDS = 30 * 24 * 3600.0
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 RACE_RETRIES = 20  # a callback may beat the create reply home; wait for the task id this often
 
@@ -80,6 +75,7 @@ class Runner:
         store: Store,
         provider: KlingClient,
         enqueue: Enqueue,
+        archiver: Archiver,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -87,6 +83,7 @@ class Runner:
         self.store = store
         self.provider = provider
         self.enqueue = enqueue
+        self.archiver = archiver
         self.clock = clock
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -124,22 +121,22 @@ class Runner:
         )
 
     def _record(self, chain_id: str, index: int, task: Task) -> None:
-        out = self.store.transition(chain_id, Submitted(index, task))
+        out = self._apply(chain_id, Submitted(index, task))
         if task.status.terminal:  # a lookup found it finished already: that reply is a query
-            out = self.store.transition(chain_id, TaskUpdate(index, task))
+            out = self._apply(chain_id, TaskUpdate(index, task))
         self.dispatch(chain_id, out.actions)
 
     # -- submit one step -------------------------------------------------------------------------
     def submit(self, chain_id: str, index: int, *, owner: str, attempt: int = 0) -> float | None:
         lease = self.settings.submit_lease_seconds
-        out = self.store.transition(chain_id, Claim(index, owner, lease))
+        out = self._apply(chain_id, Claim(index, owner, lease))
         if out.verdict is Verdict.SKIP:
             return None
         step = out.chain.step(index)
         kind = TaskKind(step.kind)
         if out.verdict is Verdict.RECONCILE:
             if not self.settings.kling_external_task_id:
-                self.store.transition(
+                self._apply(
                     chain_id,
                     NeedsAttention(
                         index,
@@ -156,7 +153,7 @@ class Runner:
                 log.warning("step %s/%s: lookup failed, will retry: %s", chain_id, index, exc)
                 return backoff(attempt + 1)
             except PermanentError as exc:
-                self.store.transition(
+                self._apply(
                     chain_id, NeedsAttention(index, f"looking up the step failed: {describe(exc)}")
                 )
                 return None
@@ -172,7 +169,7 @@ class Runner:
             request = self._request(out.chain, step)
             task = self.provider.create(kind, request)
         except InvalidRequest as exc:
-            self.store.transition(chain_id, SubmitFailed(index, describe(exc)))
+            self._apply(chain_id, SubmitFailed(index, describe(exc)))
             return None
         except (AmbiguousCreate, MalformedReply) as exc:
             # The request may have created a billed task. Keep the claim; the retry (same
@@ -183,7 +180,7 @@ class Runner:
             delay = backoff(attempt + 1)
             now = self.clock()
             first = step.first_try_at or now
-            after = self.store.transition(
+            after = self._apply(
                 chain_id,
                 SubmitRetry(
                     index,
@@ -196,7 +193,7 @@ class Runner:
         except PermanentError as exc:
             if self._exists_already(kind, step.external_task_id, exc):
                 return self.submit(chain_id, index, owner=owner, attempt=attempt)
-            self.store.transition(chain_id, SubmitFailed(index, describe(exc), exc.code))
+            self._apply(chain_id, SubmitFailed(index, describe(exc), exc.code))
             return None
         self._record(chain_id, index, task)
         return None
@@ -227,7 +224,7 @@ class Runner:
         except PermanentError as exc:
             log.error("step %s/%s: query refused: %s", chain_id, index, describe(exc))
             return None
-        out = self.store.transition(chain_id, TaskUpdate(index, task))
+        out = self._apply(chain_id, TaskUpdate(index, task))
         self.dispatch(chain_id, out.actions)
         return None
 
@@ -236,65 +233,73 @@ class Runner:
         self, chain_id: str, video_id: str, *, owner: str, attempt: int = 0
     ) -> float | None:
         lease = self.settings.archive_lease_seconds
-        out = self.store.transition(chain_id, ArchiveClaim(video_id, owner, lease))
+        out = self._apply(chain_id, ArchiveClaim(video_id, owner, lease))
         if out.verdict is not Verdict.GO:
             return None
         chain = out.chain
         entry = chain.entry(video_id)
         step = chain.step(entry.step)
-        if not SAFE_ID.match(video_id):
-            self.store.transition(
-                chain_id, ArchiveFailed(video_id, f"video id {video_id!r} is not a safe file name")
-            )
-            return None
         now = self.clock()
         created = entry.created_at or now
-        expires = created + VIDEO_RETENTION_SECONDS
-        deadline = max(expires - self.settings.archive_margin_seconds, now + 60.0)
-        if now >= expires:
-            self.store.transition(
-                chain_id, ArchiveFailed(video_id, "the provider deleted the video (30 days passed)")
-            )
+        record = VideoRecord(
+            video_id=video_id,
+            task_id=step.task_id or "",
+            kind=step.kind,
+            url=entry.url,
+            created_at=created,
+            known_at=now,
+            duration=entry.duration,
+            parent_video_id=step.parent_video_id,
+            prompt=step.prompt,
+            chain_id=chain_id,
+            origin="chain",
+        )
+        if not SAFE_ID.match(video_id):
+            self._archive_failed(chain_id, record, f"video id {video_id!r} is not a safe file name")
             return None
-        directory = Path(self.settings.archive_dir)
-        dest = directory / f"{video_id}.mp4"
+        sidecar = {
+            "chain_id": chain_id,
+            "step": step.index,
+            "kind": step.kind,
+            "task_id": step.task_id,
+            "parent_video_id": step.parent_video_id,
+            "parent_task_id": step.parent_task_id,
+            "prompt": step.prompt,
+            "duration": entry.duration,
+        }
         try:
-            got = download_file(
-                entry.url,
-                dest,
-                deadline=min(deadline, expires),
-                max_bytes=self.settings.archive_max_bytes,
-                max_attempts=3,
-            )
-        except DownloadPermanent as exc:
-            self.store.transition(chain_id, ArchiveFailed(video_id, str(exc)))
-            return None
+            stored = self.archiver.store(video_id, entry.url, created, sidecar)
         except DownloadRetryable as exc:
             delay = backoff(attempt + 1, base=2.0, cap=600.0)
-            self.store.transition(chain_id, ArchiveRetry(video_id, str(exc), now + delay))
+            self._apply(chain_id, ArchiveRetry(video_id, str(exc), now + delay))
             return delay
-        write_json_atomic(
-            directory / f"{video_id}.json",
-            {
-                "video_id": video_id,
-                "chain_id": chain_id,
-                "step": step.index,
-                "kind": step.kind,
-                "task_id": step.task_id,
-                "parent_video_id": step.parent_video_id,
-                "parent_task_id": step.parent_task_id,
-                "prompt": step.prompt,
-                "duration": entry.duration,
-                "bytes": got.bytes,
-                "sha256": got.sha256,
-                "source_host": urlsplit(entry.url).hostname,
-                "created_at": _iso(created),
-                "expires_at": _iso(expires),
-                "archived_at": _iso(self.clock()),
-            },
-        )
-        self.store.transition(chain_id, Archived(video_id, str(dest), got.bytes, got.sha256))
+        except DownloadPermanent as exc:
+            self._archive_failed(chain_id, record, str(exc))
+            return None
+        self._apply(chain_id, Archived(video_id, stored.location, stored.bytes, stored.sha256))
+        self.archiver.remember_chain_video(record, stored, None)
         return None
+
+    def _archive_failed(self, chain_id: str, record: VideoRecord, message: str) -> None:
+        self._apply(chain_id, ArchiveFailed(record.video_id, message))
+        if SAFE_ID.match(record.video_id):
+            self.archiver.remember_chain_video(record, None, message)
+
+    def _apply(self, chain_id: str, event: Event) -> Outcome:
+        out = self.store.transition(chain_id, event)
+        self._ended(out)
+        return out
+
+    def _ended(self, out: Outcome) -> None:
+        """Tell NOTIFY_URL when this transition is the one that ended the chain."""
+        if not out.ended or self.settings.notify_url is None:
+            return
+        view = out.chain.view()
+        kind = (
+            EventType.CHAIN_SUCCEEDED if view["status"] == "succeeded" else EventType.CHAIN_FAILED
+        )
+        event = new_event(kind, view, event_id=event_id(out.chain.id, "end"))
+        self.enqueue(NOTIFY_TASK, (event.to_dict(),))
 
     # -- the safety net --------------------------------------------------------------------------
     def sweep(self) -> int:
@@ -313,10 +318,7 @@ class Runner:
                 self.enqueue(SUBMIT_TASK, (chain_id, int(ref)))
             elif kind == "archive":
                 self.enqueue(ARCHIVE_TASK, (chain_id, ref))
-        if items:
-            log.info("sweep: enqueued %d owed item(s)", len(items))
-        return len(items)
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
+        videos = self.archiver.sweep()
+        if items or videos:
+            log.info("sweep: enqueued %d owed chain item(s), %d video(s)", len(items), videos)
+        return len(items) + videos

@@ -13,6 +13,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kling.auth import Auth, auth_from
 from kling.client import KlingClient
+from worker.notify import parse_secret
+from worker.storage import Storage, open_storage
 
 
 class ConfigError(Exception):
@@ -38,6 +40,10 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = None
 
     archive_dir: Path = Path("./archive")
+    archive_url: str | None = Field(None, description="s3://bucket/prefix to archive to S3")
+    s3_endpoint_url: AnyHttpUrl | None = None
+    s3_part_size: int = Field(8 * 1024 * 1024, ge=5 * 1024 * 1024)
+    archive_warn_seconds: float = Field(3 * 24 * 3600.0, ge=0)
     archive_max_bytes: int = Field(4 * 1024**3, gt=0)
     archive_margin_seconds: float = Field(24 * 3600.0, ge=0)
 
@@ -47,6 +53,9 @@ class Settings(BaseSettings):
     archive_lease_seconds: float = Field(900.0, gt=0)
     retry_deadline_seconds: float = Field(1800.0, gt=0)
     recheck_after_seconds: float = Field(20.0, ge=0)
+
+    notify_url: AnyHttpUrl | None = None
+    notify_secret: SecretStr | None = None
 
     port: int = Field(8000, gt=0, lt=65536)
 
@@ -85,6 +94,31 @@ class Settings(BaseSettings):
 
     def public_base(self) -> str:
         return str(self.public_url).rstrip("/")
+
+    def storage(self) -> Storage:
+        try:
+            return open_storage(
+                archive_url=self.archive_url or None,
+                archive_dir=self.archive_dir,
+                s3_endpoint_url=str(self.s3_endpoint_url) if self.s3_endpoint_url else None,
+                part_size=self.s3_part_size,
+            )
+        except ValueError as exc:
+            raise ConfigError(f"ARCHIVE_URL: {exc}") from exc
+
+    def notify_key(self) -> str:
+        """NOTIFY_SECRET, checked; only asked for when NOTIFY_URL is set."""
+        secret = _reveal(self.notify_secret)
+        if secret is None:
+            raise ConfigError(
+                "NOTIFY_URL is set, so NOTIFY_SECRET must be set too: "
+                "whsec_ followed by base64, e.g. whsec_$(openssl rand -base64 32)"
+            )
+        try:
+            parse_secret(secret)
+        except ValueError as exc:
+            raise ConfigError(f"NOTIFY_SECRET: {exc}") from None
+        return secret
 
 
 def _reveal(secret: SecretStr | None) -> str | None:

@@ -9,10 +9,13 @@ from typing import Any
 
 import redis
 
+from worker import notify as notifications
+from worker.archiver import ARCHIVE_RECORD_TASK, ARCHIVE_TASK_TASK, NOTIFY_TASK, Archiver
 from worker.celery import app
 from worker.runner import ARCHIVE_TASK, REFRESH_TASK, SUBMIT_TASK, Runner
 from worker.settings import get_settings
 from worker.store import Store, Timing, UnknownChain
+from worker.videos import Videos
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +36,23 @@ def store() -> Store:
 
 
 @cache
+def archiver() -> Archiver:
+    s = get_settings()
+    videos = Videos(store().redis, prefix=s.key_prefix)
+    return Archiver(s, s.storage(), videos, s.provider(), enqueue)
+
+
+@cache
 def runner() -> Runner:
     s = get_settings()
-    return Runner(s, store(), s.provider(), enqueue)
+    return Runner(s, store(), s.provider(), enqueue, archiver())
 
 
 def _again(task: Any, delay: float | None) -> None:
     if delay is not None:
-        raise task.retry(countdown=delay, max_retries=None)
+        # The limits live in the runner (deadlines, attempt caps); the task never gives up
+        # on its own, hence max_retries=None on every task below.
+        raise task.retry(countdown=delay)
 
 
 def _run(task: Any, work: Callable[[], float | None]) -> None:
@@ -53,22 +65,67 @@ def _run(task: Any, work: Callable[[], float | None]) -> None:
     _again(task, delay)
 
 
-@app.task(bind=True, name=SUBMIT_TASK)
+@app.task(bind=True, name=SUBMIT_TASK, max_retries=None)
 def submit_step(self: Any, chain_id: str, index: int) -> None:
     r, req = runner(), self.request
     _run(self, lambda: r.submit(chain_id, index, owner=req.id, attempt=req.retries))
 
 
-@app.task(bind=True, name=REFRESH_TASK)
+@app.task(bind=True, name=REFRESH_TASK, max_retries=None)
 def refresh_step(self: Any, chain_id: str, index: int) -> None:
     r, req = runner(), self.request
     _run(self, lambda: r.refresh(chain_id, index, attempt=req.retries))
 
 
-@app.task(bind=True, name=ARCHIVE_TASK)
+@app.task(bind=True, name=ARCHIVE_TASK, max_retries=None)
 def archive_video(self: Any, chain_id: str, video_id: str) -> None:
     r, req = runner(), self.request
     _run(self, lambda: r.archive(chain_id, video_id, owner=req.id, attempt=req.retries))
+
+
+@app.task(bind=True, name=ARCHIVE_TASK_TASK, max_retries=None)
+def archive_task(self: Any, kind: str, task_id: str, origin: str) -> None:
+    a, req = archiver(), self.request
+    _run(self, lambda: a.archive_task(kind, task_id, origin, attempt=req.retries))
+
+
+@app.task(bind=True, name=ARCHIVE_RECORD_TASK, max_retries=None)
+def archive_record(self: Any, video_id: str) -> None:
+    a, req = archiver(), self.request
+    _run(self, lambda: a.archive_video(video_id, owner=req.id, attempt=req.retries))
+
+
+@app.task(bind=True, name=NOTIFY_TASK, max_retries=None)
+def notify(self: Any, event: dict[str, Any]) -> None:
+    """POST one event to NOTIFY_URL, signed per Standard Webhooks; MAX_ATTEMPTS in all."""
+    s = get_settings()
+    if s.notify_url is None:
+        return  # notifications were switched off after the event was queued
+    e = notifications.Event.from_dict(event)
+    attempt = self.request.retries + 1
+    try:
+        status = notifications.deliver(str(s.notify_url), s.notify_key(), e)
+    except notifications.DeliveryRejected as exc:
+        log.error("notification %s (%s) refused: %s; not retried", e.id, e.type, exc)
+    except notifications.DeliveryFailed as exc:
+        if attempt >= notifications.MAX_ATTEMPTS:
+            log.error(
+                "notification %s (%s) dropped after %d attempts: %s", e.id, e.type, attempt, exc
+            )
+            return
+        # Below the broker's one-hour visibility timeout, or Redis could deliver it twice.
+        delay = notifications.retry_delay(attempt, exc, cap=3000.0)
+        log.warning(
+            "notification %s (%s) attempt %d: %s; again in %.0f s",
+            e.id,
+            e.type,
+            attempt,
+            exc,
+            delay,
+        )
+        raise self.retry(countdown=delay) from exc
+    else:
+        log.info("notification %s (%s) delivered: HTTP %d", e.id, e.type, status)
 
 
 @app.task(name="kc.sweep")

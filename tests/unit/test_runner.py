@@ -20,10 +20,13 @@ from kling.errors import (
     RetryableError,
 )
 from kling.models import ExtendRequest, Task, TaskKind, TaskStatus, Text2VideoRequest, Video
+from worker.archiver import Archiver
 from worker.chain import Claim, Spec, StepStatus, new_chain
 from worker.runner import ARCHIVE_TASK, SUBMIT_TASK, Runner
 from worker.settings import Settings
+from worker.storage.local import LocalStorage
 from worker.store import Store, Timing
+from worker.videos import Videos
 
 
 @dataclass
@@ -88,7 +91,13 @@ def make_rig(tmp_path: Path, provider: ScriptedProvider, **settings: Any) -> Rig
         timing=Timing(poll_after=120, submit_lease=60, archive_lease=600),
     )
     queued: list[tuple[str, tuple[Any, ...]]] = []
-    runner = Runner(s, store, provider, lambda name, args: queued.append((name, args)))  # type: ignore[arg-type]
+
+    def enqueue(name: str, args: tuple[Any, ...]) -> None:
+        queued.append((name, args))
+
+    videos = Videos(store.redis, prefix="t:")
+    archiver = Archiver(s, LocalStorage(tmp_path), videos, provider, enqueue)  # type: ignore[arg-type]
+    runner = Runner(s, store, provider, enqueue, archiver)  # type: ignore[arg-type]
     return Rig(runner, store, provider, queued)
 
 
@@ -225,3 +234,20 @@ def test_only_http_urls_are_downloaded(tmp_path: Path, url: str) -> None:
     entry = rig.store.get(cid).entry("v1")
     assert entry.status.value == "failed"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_celery_tasks_leave_retry_limits_to_the_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Celery's retry(max_retries=None) means "the task's default" (3), not "no limit": a task
+    # must carry max_retries=None itself or a fourth rate-limit retry would be dropped.
+    monkeypatch.setenv("CALLBACK_SECRET", "s" * 32)
+    from worker import tasks
+
+    for task in (
+        tasks.submit_step,
+        tasks.refresh_step,
+        tasks.archive_video,
+        tasks.archive_task,
+        tasks.archive_record,
+        tasks.notify,
+    ):
+        assert task.max_retries is None, task.name

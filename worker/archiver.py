@@ -1,0 +1,292 @@
+"""Archiving: provider URL -> verified object in storage, for chains and for any other task.
+
+Chains hand their videos to ``Archiver.store``. Videos of tasks this service did not submit
+(named by an archive callback or by ``POST /archive``) are confirmed by a query, recorded in
+``worker.videos`` and archived by ``archive_video``; the sweep takes the pending ones nearest
+their deadline first, warns inside ``ARCHIVE_WARN_SECONDS`` and marks the expired ones lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlsplit
+
+from kling.client import KlingClient
+from kling.errors import KlingError, MalformedReply, PermanentError, RetryableError
+from kling.models import TaskKind, TaskStatus
+from worker.download import (
+    Downloaded,
+    DownloadPermanent,
+    DownloadRetryable,
+    backoff,
+    download_into,
+)
+from worker.notify import EventType, event_id, new_event
+from worker.settings import Settings
+from worker.storage import Storage
+from worker.storage.errors import StorageError
+from worker.videos import (
+    VideoRecord,
+    Videos,
+    VideoState,
+    archived,
+    at_risk,
+    claim,
+    lost,
+    queue,
+    retry_at,
+)
+
+log = logging.getLogger(__name__)
+
+ARCHIVE_TASK_TASK = "kc.archive_task"
+ARCHIVE_RECORD_TASK = "kc.archive_record"
+NOTIFY_TASK = "kc.notify"
+GONE = "the provider deleted the video (30 days after it was made) before it was archived"
+
+Enqueue = Callable[[str, tuple[Any, ...]], None]
+
+
+class VideoGone(DownloadPermanent):
+    """The video is past its 30 days: it can no longer be downloaded."""
+
+
+@dataclass(frozen=True)
+class Stored:
+    location: str
+    bytes: int
+    sha256: str
+    host: str | None
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+class Archiver:
+    def __init__(
+        self,
+        settings: Settings,
+        storage: Storage,
+        videos: Videos,
+        provider: KlingClient,
+        enqueue: Enqueue,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.videos = videos
+        self.provider = provider
+        self.enqueue = enqueue
+        self.clock = clock
+
+    # -- the one way a video reaches storage ---------------------------------------------------
+    def store(self, video_id: str, url: str, created_at: float, sidecar: dict[str, Any]) -> Stored:
+        """Stream ``url`` into storage as ``{video_id}.mp4`` with a ``.json`` sidecar.
+
+        Raises VideoGone past the deadline, DownloadPermanent or DownloadRetryable.
+        """
+        now = self.clock()
+        expires = created_at + 30 * 24 * 3600.0
+        if now >= expires:
+            raise VideoGone(GONE)
+        # Aim to finish well before the deletion, but never give up sooner than a minute.
+        deadline = min(expires, max(expires - self.settings.archive_margin_seconds, now + 60.0))
+        try:
+            got = download_into(
+                url,
+                self.storage.open(f"{video_id}.mp4"),
+                deadline=deadline,
+                max_bytes=self.settings.archive_max_bytes,
+                max_attempts=3,
+            )
+            host = urlsplit(url).hostname
+            self._sidecar(video_id, got, host, created_at, expires, sidecar)
+        except (StorageError, OSError) as exc:
+            # Never the video's fault: keep it pending; the warning window reports it in time.
+            raise DownloadRetryable(f"archive storage failed: {exc}") from exc
+        return Stored(got.location, got.bytes, got.sha256, host)
+
+    def _sidecar(
+        self,
+        video_id: str,
+        got: Downloaded,
+        host: str | None,
+        created_at: float,
+        expires: float,
+        sidecar: dict[str, Any],
+    ) -> None:
+        self.storage.write_json(
+            f"{video_id}.json",
+            {
+                **sidecar,
+                "video_id": video_id,
+                "bytes": got.bytes,
+                "sha256": got.sha256,
+                "location": got.location,
+                "source_host": host,
+                "created_at": iso(created_at),
+                "expires_at": iso(expires),
+                "archived_at": iso(self.clock()),
+            },
+        )
+
+    def remember_chain_video(
+        self, record: VideoRecord, stored: Stored | None, error: str | None
+    ) -> None:
+        """Put a chain's settled video in the manifest too."""
+        self.videos.register(record)
+        if stored is not None:
+            self.videos.update(
+                record.video_id,
+                lambda r: archived(
+                    r,
+                    location=stored.location,
+                    size=stored.bytes,
+                    sha256=stored.sha256,
+                    host=stored.host,
+                    now=self.clock(),
+                ),
+            )
+            self.notify(EventType.VIDEO_ARCHIVED, record.video_id)
+        elif error is not None:
+            self.videos.update(record.video_id, lambda r: lost(r, error))
+            self.notify(EventType.VIDEO_LOST, record.video_id)
+
+    # -- any task of the account ----------------------------------------------------------------
+    def archive_task(
+        self, kind: str, task_id: str, origin: str, *, attempt: int = 0
+    ) -> float | None:
+        """Confirm a task by query and queue its videos; a delay when it is not finished yet."""
+        try:
+            task = self.provider.get(TaskKind(kind), task_id)
+        except (RetryableError, MalformedReply) as exc:
+            log.warning("archive %s %s: query failed: %s", kind, task_id, exc)
+            return backoff(attempt + 1, cap=600.0)
+        except PermanentError as exc:
+            log.error("archive %s %s: the provider refused the query: %s", kind, task_id, exc)
+            return None
+        if task.status is TaskStatus.FAILED:
+            log.info("archive %s %s: failed (%s); nothing to keep", kind, task_id, task.status_msg)
+            return None
+        if not task.status.terminal:
+            return self.settings.poll_after_seconds  # not done yet: ask again later
+        now = self.clock()
+        created = task.created_at_ms / 1000 if task.created_at_ms else now
+        for video in task.videos:
+            record = VideoRecord(
+                video_id=video.id,
+                task_id=task.task_id,
+                kind=kind,
+                url=video.url,
+                created_at=created,
+                known_at=now,
+                duration=video.duration,
+                parent_video_id=task.parent_video.id if task.parent_video else None,
+                origin=origin,
+                queued_at=now,
+            )
+            if self.videos.register(record):
+                log.info("archive: now tracking video %s of %s task %s", video.id, kind, task_id)
+                self.enqueue(ARCHIVE_RECORD_TASK, (video.id,))
+        return None
+
+    def archive_video(self, video_id: str, *, owner: str, attempt: int = 0) -> float | None:
+        lease = self.settings.archive_lease_seconds
+        record, took = self.videos.update(video_id, lambda r: claim(r, owner, self.clock(), lease))
+        if record is None or not took or record.owner != owner:
+            return None
+        sidecar = {
+            "task_id": record.task_id,
+            "kind": record.kind,
+            "parent_video_id": record.parent_video_id,
+            "prompt": record.prompt,
+            "duration": record.duration,
+            "origin": record.origin,
+        }
+        try:
+            stored = self.store(video_id, record.url, record.created_at, sidecar)
+        except DownloadRetryable as exc:
+            reason, delay = str(exc), backoff(attempt + 1, base=2.0, cap=600.0)
+            self.videos.update(video_id, lambda r: retry_at(r, reason, self.clock() + delay))
+            return delay
+        except (DownloadPermanent, KlingError) as exc:
+            reason = str(exc)
+            self.videos.update(video_id, lambda r: lost(r, reason))
+            log.error("archive: video %s is lost: %s", video_id, reason)
+            self.notify(EventType.VIDEO_LOST, video_id)
+            return None
+        self.videos.update(
+            video_id,
+            lambda r: archived(
+                r,
+                location=stored.location,
+                size=stored.bytes,
+                sha256=stored.sha256,
+                host=stored.host,
+                now=self.clock(),
+            ),
+        )
+        self.notify(EventType.VIDEO_ARCHIVED, video_id)
+        return None
+
+    # -- the deadline sweep ---------------------------------------------------------------------
+    def sweep(self, limit: int = 500) -> int:
+        """Queue pending videos nearest-deadline first; warn near the deadline; mark the expired."""
+        now = self.clock()
+        warn = self.settings.archive_warn_seconds
+        lease = self.settings.archive_lease_seconds
+        hold = min(self.settings.poll_after_seconds, lease)
+        queued = 0
+        for record in self.videos.by_deadline(limit):
+            if now >= record.expires_at:
+                self.videos.update(record.video_id, lambda r: lost(r, GONE))
+                log.error("archive: video %s is lost: %s", record.video_id, GONE)
+                self.notify(EventType.VIDEO_LOST, record.video_id)
+                continue
+            if at_risk(record, now, warn) and not record.warned:
+                _, first = self.videos.update(
+                    record.video_id, lambda r: None if r.warned else _warned(r)
+                )
+                if first:
+                    hours = (record.expires_at - now) / 3600
+                    log.error(
+                        "archive: video %s (task %s) is not archived and will be deleted in "
+                        "%.1f h: %s",
+                        record.video_id,
+                        record.task_id,
+                        hours,
+                        record.error or "",
+                    )
+                    self.notify(EventType.VIDEO_AT_RISK, record.video_id)
+            if record.claimed_at is not None and now - record.claimed_at < lease:
+                continue  # a worker holds it
+            _, handed = self.videos.update(record.video_id, lambda r: queue(r, now, hold))
+            if not handed:
+                continue
+            self.enqueue(ARCHIVE_RECORD_TASK, (record.video_id,))
+            queued += 1
+        return queued
+
+    def notify(self, kind: EventType, video_id: str) -> None:
+        if self.settings.notify_url is None:
+            return
+        record = self.videos.get(video_id)
+        if record is None:
+            return
+        data = record.view(self.clock(), self.settings.archive_warn_seconds)
+        event = new_event(kind, data, event_id=event_id(video_id, kind.value))
+        self.enqueue(NOTIFY_TASK, (event.to_dict(),))
+
+
+def _warned(record: VideoRecord) -> VideoRecord:
+    return replace(record, warned=True)
+
+
+__all__ = ["Archiver", "Stored", "VideoGone", "VideoState"]
