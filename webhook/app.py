@@ -6,6 +6,7 @@ Run it as ``uvicorn webhook.app:create_app --factory``. Callbacks are answered f
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import secrets
@@ -20,9 +21,11 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kling.errors import KlingError
 from kling.models import parse_task
@@ -31,7 +34,7 @@ from worker import tokens
 from worker.archiver import ARCHIVE_TASK_TASK
 from worker.chain import new_chain
 from worker.runner import REFRESH_TASK, SUBMIT_TASK
-from worker.settings import Settings, get_settings
+from worker.settings import Settings, get_settings, reveal
 from worker.store import Store, Timing, UnknownChain
 from worker.videos import Videos, VideoState, at_risk
 
@@ -221,6 +224,30 @@ class Web:
         return PlainTextResponse("\n".join(lines) + "\n")
 
 
+class RequireToken:
+    """Bearer-token check for the API (``API_TOKEN``); callbacks and health stay open.
+
+    Callback routes carry their own per-URL tokens, and health checks come from load balancers.
+    """
+
+    OPEN = ("/callbacks/", "/healthz")
+
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode() if token else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.expected is None or scope["type"] != "http" or scope["path"].startswith(self.OPEN):
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if hmac.compare_digest(given, self.expected):
+            await self.app(scope, receive, send)
+            return
+        reply = error(401, "missing or wrong API token (Authorization: Bearer $API_TOKEN)")
+        await reply(scope, receive, send)
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     return error(exc.status_code, exc.detail)
@@ -266,6 +293,7 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             Route("/archive/callback-urls", web.callback_urls, methods=["GET"]),
             Route("/metrics", web.metrics, methods=["GET"]),
         ],
+        middleware=[Middleware(RequireToken, token=reveal(settings.api_token))],
         exception_handlers={
             HTTPException: _http_error,
             redis.RedisError: _redis_down,

@@ -19,14 +19,18 @@ class CliError(Exception):
 
 
 class Api:
-    def __init__(self, base: str, timeout: float = 10.0) -> None:
+    def __init__(self, base: str, timeout: float = 10.0, token: str | None = None) -> None:
         self.base = base.rstrip("/")
         self.timeout = timeout
+        token = token if token is not None else os.environ.get("API_TOKEN")
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         url = f"{self.base}{path}"
         try:
-            reply = requests.request(method, url, json=body, timeout=self.timeout)
+            reply = requests.request(
+                method, url, json=body, timeout=self.timeout, headers=self.headers
+            )
         except requests.RequestException as exc:
             raise CliError(
                 f"cannot reach the service at {self.base} ({type(exc).__name__}); "

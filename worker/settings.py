@@ -38,6 +38,7 @@ class Settings(BaseSettings):
 
     public_url: AnyHttpUrl = AnyHttpUrl("http://localhost:8000")
     callback_secret: SecretStr | None = None
+    api_token: SecretStr | None = None
 
     archive_dir: Path = Path("./archive")
     archive_url: str | None = Field(None, description="s3://bucket/prefix to archive to S3")
@@ -77,9 +78,9 @@ class Settings(BaseSettings):
     def provider_auth(self) -> Auth:
         try:
             return auth_from(
-                api_key=_reveal(self.kling_api_key),
+                api_key=reveal(self.kling_api_key),
                 access_key=self.kling_access_key,
-                secret_key=_reveal(self.kling_secret_key),
+                secret_key=reveal(self.kling_secret_key),
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
@@ -108,7 +109,7 @@ class Settings(BaseSettings):
 
     def notify_key(self) -> str:
         """NOTIFY_SECRET, checked; only asked for when NOTIFY_URL is set."""
-        secret = _reveal(self.notify_secret)
+        secret = reveal(self.notify_secret)
         if secret is None:
             raise ConfigError(
                 "NOTIFY_URL is set, so NOTIFY_SECRET must be set too: "
@@ -121,7 +122,7 @@ class Settings(BaseSettings):
         return secret
 
 
-def _reveal(secret: SecretStr | None) -> str | None:
+def reveal(secret: SecretStr | None) -> str | None:
     return None if secret is None else secret.get_secret_value()
 
 

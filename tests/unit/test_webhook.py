@@ -138,3 +138,28 @@ def test_missing_callback_secret_is_a_readable_start_up_error() -> None:
     settings = Settings(kling_api_key="k")  # type: ignore[arg-type]
     with pytest.raises(Exception, match="CALLBACK_SECRET must be set"):
         webapp.create_app(settings, send_task=lambda *a, **k: None)
+
+
+def test_api_token_guards_the_api_but_not_callbacks_or_health(
+    monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, tuple[Any, ...]]]
+) -> None:
+    server = fakeredis.FakeServer()
+    monkeypatch.setattr(
+        webapp.redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server)
+    )
+    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token="t0ken")  # type: ignore[arg-type]
+    client = TestClient(
+        webapp.create_app(settings, send_task=lambda name, args: sent.append((name, args)))
+    )
+    body = {"video_id": "v1", "steps": 1}
+    assert client.post("/chains", json=body).status_code == 401
+    assert (
+        client.post("/chains", json=body, headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
+    assert client.get("/archive").status_code == 401
+    assert sent == []
+    ok = client.post("/chains", json=body, headers={"Authorization": "Bearer t0ken"})
+    assert ok.status_code == 202
+    assert client.get("/healthz").status_code == 200
+    assert client.post(callback_path(), json=BODY).status_code == 200
