@@ -6,6 +6,8 @@ Run it as ``uvicorn webhook.app:create_app --factory``. Callbacks are answered f
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import json
 import logging
@@ -43,6 +45,7 @@ KINDS = ("video-extend", "text2video", "image2video")
 log = logging.getLogger(__name__)
 
 MAX_CALLBACK_BYTES = 64 * 1024
+IDEMPOTENCY_TTL = 24 * 3600
 MAX_REQUEST_BYTES = 256 * 1024
 
 
@@ -86,10 +89,40 @@ class Web:
         except ValidationError as exc:
             return error(422, "invalid chain request", details=problems(exc))
         chain = new_chain(secrets.token_hex(8), req.spec(), time.time())
+        key = request.headers.get("idempotency-key")
+        if key is not None:
+            if not 1 <= len(key) <= 200:
+                return error(422, "Idempotency-Key must be 1 to 200 characters")
+            digest = hashlib.sha256(key.encode()).hexdigest()
+            fingerprint = hashlib.sha256(body).hexdigest()[:32]
+            owner, seen = await run_in_threadpool(
+                self.store.claim_key, digest, chain.id, fingerprint, IDEMPOTENCY_TTL
+            )
+            if owner != chain.id:
+                if seen != fingerprint:
+                    return error(422, "this Idempotency-Key was used with a different request")
+                return await self._existing(owner)
         await run_in_threadpool(self.store.create, chain)
-        await self.enqueue(SUBMIT_TASK, chain.id, 0)
+        try:
+            await self.enqueue(SUBMIT_TASK, chain.id, 0)
+        except OperationalError as exc:
+            # Stored is enough: the sweep submits a pending step after SUBMIT_LEASE_SECONDS.
+            log.warning(
+                "chain %s stored; enqueue failed (%s); the sweep will submit it", chain.id, exc
+            )
         log.info("chain %s created: %s", chain.id, req.model_dump(exclude_none=True))
         return JSONResponse(chain.view(), status_code=202)
+
+    async def _existing(self, chain_id: str) -> Response:
+        """The chain an earlier request with the same Idempotency-Key created."""
+        for _ in range(50):  # that request may still be storing it
+            try:
+                chain = await run_in_threadpool(self.store.get, chain_id)
+            except UnknownChain:
+                await asyncio.sleep(0.02)
+                continue
+            return JSONResponse(chain.view(), status_code=200)
+        return error(409, "a request with this Idempotency-Key is still being processed")
 
     async def get_chain(self, request: Request) -> Response:
         try:

@@ -80,6 +80,19 @@ class Store:
         if not created:
             raise ValueError(f"chain {chain.id} exists already")
 
+    def claim_key(self, key: str, chain_id: str, fingerprint: str, ttl: int) -> tuple[str, str]:
+        """Bind an Idempotency-Key to ``chain_id`` unless it is bound already.
+
+        Returns the (chain id, body fingerprint) the key belongs to: ours when we won.
+        """
+        name = f"{self.prefix}idem:{key}"
+        value = f"{chain_id} {fingerprint}"
+        if self.redis.set(name, value, nx=True, ex=ttl):
+            return chain_id, fingerprint
+        held = _text(self.redis.get(name) or value)
+        owner, _, seen = held.partition(" ")
+        return owner, seen
+
     def get(self, chain_id: str) -> Chain:
         raw = self.redis.get(self._key(chain_id))
         if raw is None:

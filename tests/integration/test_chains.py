@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,19 @@ def test_healthz_is_503_when_redis_is_down(tmp_path: Path) -> None:
         assert reply.json() == {"redis": False}
     finally:
         stack.stop()
+
+
+def test_concurrent_retries_with_one_idempotency_key_make_one_chain(service: Service) -> None:
+    seed = service.seed(5.0)
+    body = {"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": 1}
+    headers = {"Idempotency-Key": f"retry-{seed['video_id']}"}
+
+    def post(_: int) -> requests.Response:
+        return requests.post(f"{service.api}/chains", json=body, headers=headers, timeout=10)
+
+    with ThreadPoolExecutor(10) as pool:
+        replies = list(pool.map(post, range(10)))
+    assert sorted(r.status_code for r in replies) == [200] * 9 + [202]
+    assert len({r.json()["id"] for r in replies}) == 1
+    service.wait(replies[0].json()["id"])
+    assert service.stats()["creates_by_parent"][seed["video_id"]] == 1

@@ -163,3 +163,21 @@ def test_api_token_guards_the_api_but_not_callbacks_or_health(
     assert ok.status_code == 202
     assert client.get("/healthz").status_code == 200
     assert client.post(callback_path(), json=BODY).status_code == 200
+
+
+def test_idempotency_key_makes_a_retried_post_return_the_same_chain(
+    client: TestClient, sent: list[tuple[str, tuple[Any, ...]]]
+) -> None:
+    body = {"video_id": "v1", "task_id": "t1", "steps": 2}
+    headers = {"Idempotency-Key": "order-7731"}
+    first = client.post("/chains", json=body, headers=headers)
+    again = client.post("/chains", json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert len(sent) == 1
+    other = client.post("/chains", json={**body, "steps": 3}, headers=headers)
+    assert other.status_code == 422
+    assert "different request" in other.json()["error"]
+    fresh = client.post("/chains", json=body, headers={"Idempotency-Key": "order-7732"})
+    assert fresh.status_code == 202
+    assert fresh.json()["id"] != first.json()["id"]
