@@ -11,9 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
+from worker.atomic import Writes, optimistic
 from worker.chain import Chain, Event, Outcome, apply, schedule
 
 # Pop the members due by ARGV[1] (at most ARGV[3]) and push each forward to ARGV[2], in one
@@ -110,31 +112,28 @@ class Store:
     def transition(self, chain_id: str, event: Event) -> Outcome:
         """Apply ``event`` atomically (optimistic WATCH/MULTI, retried on conflict)."""
         key = self._key(chain_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
-                    raw = pipe.get(key)
-                    if raw is None:
-                        raise UnknownChain(chain_id)
-                    old = Chain.from_json(raw)
-                    out = apply(old, event, self.clock())
-                    if out.chain == old:
-                        pipe.unwatch()
-                        return out
-                    before, after = self._schedule(old), self._schedule(out.chain)
-                    pipe.multi()
-                    pipe.set(key, out.chain.to_json())
-                    gone = [m for m in before if m not in after]
-                    if gone:
-                        pipe.zrem(self._due, *gone)
-                    changed = {m: at for m, at in after.items() if before.get(m) != at}
-                    if changed:
-                        pipe.zadd(self._due, changed)
-                    pipe.execute()
-                    return out
-                except redis.WatchError:
-                    continue
+
+        def decide(raw: bytes | None) -> tuple[Writes | None, Outcome]:
+            if raw is None:
+                raise UnknownChain(chain_id)
+            old = Chain.from_json(raw)
+            out = apply(old, event, self.clock())
+            if out.chain == old:
+                return None, out
+            before, after = self._schedule(old), self._schedule(out.chain)
+
+            def writes(pipe: Any) -> None:
+                pipe.set(key, out.chain.to_json())
+                gone = [m for m in before if m not in after]
+                if gone:
+                    pipe.zrem(self._due, *gone)
+                changed = {m: at for m, at in after.items() if before.get(m) != at}
+                if changed:
+                    pipe.zadd(self._due, changed)
+
+            return writes, out
+
+        return optimistic(self.redis, key, decide)
 
     def take_due(self, *, now: float, hold: float, limit: int = 500) -> list[str]:
         """Due work, each item held back for ``hold`` seconds so it is handed out once."""

@@ -22,6 +22,8 @@ from typing import Any
 
 import redis
 
+from worker.atomic import Writes, optimistic
+
 RETENTION_SECONDS = 30 * 24 * 3600.0
 
 
@@ -176,21 +178,18 @@ class Videos:
 
     def register(self, record: VideoRecord) -> bool:
         """Remember a video; False (and no change) when it is known already."""
-        key = self._key(record.video_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
-                    if pipe.exists(key):
-                        pipe.unwatch()
-                        return False
-                    pipe.multi()
-                    pipe.set(key, record.to_json())
-                    self._index(pipe, None, record)
-                    pipe.execute()
-                    return True
-                except redis.WatchError:
-                    continue
+
+        def decide(raw: bytes | None) -> tuple[Writes | None, bool]:
+            if raw is not None:
+                return None, False
+
+            def writes(pipe: Any) -> None:
+                pipe.set(self._key(record.video_id), record.to_json())
+                self._index(pipe, None, record)
+
+            return writes, True
+
+        return optimistic(self.redis, self._key(record.video_id), decide)
 
     def get(self, video_id: str) -> VideoRecord | None:
         raw = self.redis.get(self._key(video_id))
@@ -200,27 +199,22 @@ class Videos:
         self, video_id: str, change: Callable[[VideoRecord], VideoRecord | None]
     ) -> tuple[VideoRecord | None, bool]:
         """Apply ``change`` atomically. Returns (record after, whether it changed)."""
-        key = self._key(video_id)
-        with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    pipe.watch(key)  # type: ignore[no-untyped-call]
-                    raw = pipe.get(key)
-                    if raw is None:
-                        pipe.unwatch()
-                        return None, False
-                    old = VideoRecord.from_json(raw)
-                    new = change(old)
-                    if new is None or new == old:
-                        pipe.unwatch()
-                        return (old if new is None else new), False
-                    pipe.multi()
-                    pipe.set(key, new.to_json())
-                    self._index(pipe, old, new)
-                    pipe.execute()
-                    return new, True
-                except redis.WatchError:
-                    continue
+
+        def decide(raw: bytes | None) -> tuple[Writes | None, tuple[VideoRecord | None, bool]]:
+            if raw is None:
+                return None, (None, False)
+            old = VideoRecord.from_json(raw)
+            new = change(old)
+            if new is None or new == old:
+                return None, (old, False)
+
+            def writes(pipe: Any) -> None:
+                pipe.set(self._key(video_id), new.to_json())
+                self._index(pipe, old, new)
+
+            return writes, (new, True)
+
+        return optimistic(self.redis, self._key(video_id), decide)
 
     def by_deadline(self, limit: int) -> list[VideoRecord]:
         """Pending videos, nearest deadline first."""
