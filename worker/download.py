@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import requests
 
 from worker.storage import Upload
 from worker.storage.local import LocalStorage, write_json_atomic
+from worker.urls import display, http_problem
 
 __all__ = [
     "Action",
@@ -91,25 +91,13 @@ class Downloaded:
 
 def check_url(url: str) -> str:
     """Return `url` if it is an http(s) URL with a host; raise DownloadPermanent otherwise."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        raise DownloadPermanent(f"malformed URL {url!r}: {exc}") from exc
-    if parts.scheme.lower() not in ("http", "https"):
-        raise DownloadPermanent(f"only http and https URLs can be downloaded, not {url!r}")
-    if not parts.hostname:
-        raise DownloadPermanent(f"URL has no host: {url!r}")
+    problem = http_problem(url)
+    if problem is not None:
+        raise DownloadPermanent(f"cannot download: {problem}")
     return url
 
 
-def display_url(url: str) -> str:
-    """`url` without query string, fragment or credentials, safe to log (signed URLs)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return f"{parts.scheme}://{host}{parts.path}"
+display_url = display
 
 
 def backoff_ceiling(attempt: int, *, base: float = 1.0, cap: float = 60.0) -> float:

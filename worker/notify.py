@@ -36,10 +36,11 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from math import floor
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from standardwebhooks import Webhook, WebhookVerificationError
+
+from worker.urls import display, http_problem
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -263,15 +264,11 @@ def verify(secret: str, payload: str | bytes, headers: Mapping[str, str]) -> Any
 
 def check_url(url: str) -> str:
     """Return `url` if it is an http(s) URL with a host; raise ValueError otherwise."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a port out of range
-    except ValueError as exc:
-        raise ValueError(f"malformed notification URL {_display(url)!r}: {exc}") from exc
-    if parts.scheme.lower() not in ("http", "https"):
-        raise ValueError(f"the notification URL must be http or https, not {_display(url)!r}")
-    if not parts.hostname:
-        raise ValueError(f"the notification URL has no host: {_display(url)!r}")
+    problem = http_problem(url)
+    if problem is not None:
+        raise ValueError(
+            f"the notification URL must be an http or https URL with a host: {problem}"
+        )
     return url
 
 
@@ -344,9 +341,9 @@ def deliver(
     except requests.exceptions.InvalidURL:
         raise
     except requests.Timeout as exc:
-        raise DeliveryFailed(f"{_display(url)} did not answer within {timeout} s") from exc
+        raise DeliveryFailed(f"{display(url)} did not answer within {timeout} s") from exc
     except requests.RequestException as exc:
-        raise DeliveryFailed(f"could not reach {_display(url)}: {type(exc).__name__}") from exc
+        raise DeliveryFailed(f"could not reach {display(url)}: {type(exc).__name__}") from exc
     finally:
         if session is None:
             http.close()
@@ -402,15 +399,3 @@ def _iso(moment: datetime) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False)
-
-
-def _display(url: str) -> str:
-    """`url` without credentials, query string or fragment, safe to log."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-    except ValueError:
-        return "<malformed URL>"
-    return f"{parts.scheme}://{host}{parts.path}"
