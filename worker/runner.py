@@ -38,6 +38,7 @@ from worker.chain import (
     NeedsAttention,
     Outcome,
     Step,
+    StepStatus,
     SubmitFailed,
     SubmitRetry,
     SubmitStep,
@@ -215,7 +216,10 @@ class Runner:
         if step.status.done:
             return None
         if step.task_id is None:
-            return 0.5 if attempt < RACE_RETRIES else None
+            # Only a step mid-submit can be racing its own create reply; anything else is news
+            # about nothing (the chain's schedule polls every real task anyway).
+            racing = step.status is StepStatus.SUBMITTING and attempt < RACE_RETRIES
+            return 0.5 if racing else None
         try:
             task = self.provider.get(TaskKind(step.kind), step.task_id)
         except (RetryableError, MalformedReply) as exc:
