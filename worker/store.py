@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from worker.atomic import Writes, optimistic
-from worker.chain import Chain, Event, Outcome, apply, schedule
+from worker.chain import Chain, Event, Outcome, evolve, schedule
 
 # Pop the members due by ARGV[1] (at most ARGV[3]) and push each forward to ARGV[2], in one
 # step: two sweeps running at once (two beat processes by mistake) get disjoint work.
@@ -117,7 +117,7 @@ class Store:
             if raw is None:
                 raise UnknownChain(chain_id)
             old = Chain.from_json(raw)
-            out = apply(old, event, self.clock())
+            out = evolve(Chain.from_json(raw), event, self.clock(), before=old)
             if out.chain == old:
                 return None, out
             before, after = self._schedule(old), self._schedule(out.chain)
