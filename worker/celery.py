@@ -18,6 +18,14 @@ app.conf.update(
     # retry countdown, so the Redis transport never redelivers a task that is still running.
     broker_transport_options={"visibility_timeout": 3600},
     broker_connection_retry_on_startup=True,
+    # Publishing (a retry, the next step) waits out a short Redis restart (~40 s) instead
+    # of failing the task that is publishing.
+    task_publish_retry_policy={
+        "max_retries": 20,
+        "interval_start": 0.5,
+        "interval_step": 1.0,
+        "interval_max": 3.0,
+    },
     task_ignore_result=True,
     task_serializer="json",
     accept_content=["json"],

@@ -8,10 +8,12 @@ from functools import cache
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
 from worker import notify as notifications
 from worker.archiver import ARCHIVE_RECORD_TASK, ARCHIVE_TASK_TASK, NOTIFY_TASK, Archiver
 from worker.celery import app
+from worker.download import backoff
 from worker.runner import ARCHIVE_TASK, REFRESH_TASK, SUBMIT_TASK, Runner
 from worker.settings import get_settings
 from worker.store import Store, Timing, UnknownChain
@@ -62,6 +64,12 @@ def _run(task: Any, work: Callable[[], float | None]) -> None:
         # News about a chain this service does not hold (deleted, or another deployment's).
         log.warning("%s: no chain %s here; ignoring", task.name, exc)
         return
+    except (redis.ConnectionError, redis.TimeoutError, OperationalError) as exc:
+        # Redis went away mid-task (a restart, a failover). Run again as the same task: it
+        # may re-take its own claims at once instead of waiting for their leases to run out.
+        attempt = task.request.retries + 1
+        log.warning("%s: Redis unavailable (%s); again shortly", task.name, exc)
+        raise task.retry(countdown=backoff(attempt, base=1.0, cap=30.0)) from exc
     _again(task, delay)
 
 

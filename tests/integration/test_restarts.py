@@ -79,6 +79,8 @@ def test_redis_restarted_mid_chain_the_chain_resumes_and_pays_once(
 ) -> None:
     svc = start_service(tmp_path / "svc", own_redis.url, delay=1.0, **FAST)
     try:
+        # A download (about 1.2 s) starts as Redis stops and ends while it is down (4 s).
+        svc.faults(download_bytes_per_second=30000)
         seed = svc.seed(5.0)
         chain = svc.create({"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": 4})
         deadline = time.monotonic() + 30
@@ -87,9 +89,9 @@ def test_redis_restarted_mid_chain_the_chain_resumes_and_pays_once(
             time.sleep(0.05)
         # When Redis goes down for a while (callbacks meanwhile find no broker) and comes back
         own_redis.stop()
-        time.sleep(2.0)
+        time.sleep(4.0)
         own_redis.start()
-        final = svc.wait(chain["id"], timeout=90)
+        final = svc.wait(chain["id"], timeout=60)
         # Then the chain finishes, every parent extended exactly once, every video archived
         assert final["status"] == "succeeded", final
         per_parent = svc.stats()["creates_by_parent"]
