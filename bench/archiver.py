@@ -1,0 +1,34 @@
+"""The archiving process of the download benchmark: one ``worker.download.download_file``.
+
+``python -m bench.archiver URL DEST`` imports everything, prints ``ready`` and waits for a line
+on stdin, so the parent can sample its idle RSS; then downloads URL to DEST exactly as the
+archiver does (temp file, sha256, fsync, rename) and prints one JSON line: bytes, sha256, the
+seconds the call took (interpreter start-up and imports excluded, as curl's ``time_total``
+excludes its own) and the CPU time it used.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from worker.download import download_file
+
+
+def main(argv: list[str]) -> int:
+    url, dest = argv[0], Path(argv[1])
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        return 1
+    started, cpu = time.perf_counter(), time.process_time()
+    got = download_file(url, dest, deadline=time.time() + 600, max_attempts=1)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    result = {"bytes": got.bytes, "sha256": got.sha256, "seconds": seconds, "cpu_seconds": cpu}
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

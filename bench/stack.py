@@ -1,0 +1,226 @@
+"""The service as processes for a benchmark: the fake gateway and the Procfile's processes.
+
+Like ``tests.support.start_service``, but every listener is bound to 127.0.0.1, the gateway's
+file size and delay are the benchmark's, and the web command can be swapped for one that
+timestamps callbacks (``bench.stamps``). Each run gets its own key prefix and Celery queue in
+a dedicated Redis database, and ``BenchService.close`` removes every key it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import time
+from contextlib import suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from worker.devstack import Stack, find_procfile, free_port, python_module, wait_http
+
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
+LOOPBACK = "127.0.0.1"
+STAMPED_WEB = "uvicorn bench.stamps:create_app --factory --host 127.0.0.1 --port $PORT"
+
+
+def loopback(command: str) -> str:
+    """A Procfile command with any all-interfaces bind narrowed to the loopback address."""
+    return command.replace("--host 0.0.0.0", f"--host {LOOPBACK}")
+
+
+@dataclass
+class BenchService:
+    stack: Stack
+    gateway: str
+    api: str
+    env: dict[str, str]
+    redis: redis.Redis
+    prefix: str
+    queue: str
+    api_key: str
+    http: requests.Session = field(default_factory=requests.Session)
+
+    def fake(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        reply = self.http.request(
+            method, f"{self.gateway}{path}", json=body, headers=headers, timeout=30
+        )
+        reply.raise_for_status()
+        return reply.json()
+
+    def seed(self, duration: float = 5.0) -> dict[str, Any]:
+        seeded: dict[str, Any] = self.fake("POST", "/_fake/videos", {"duration": duration})
+        return seeded
+
+    def logs(self, lines: int = 30) -> str:
+        return "\n".join(f"--- {n}\n{self.stack.tail(n, lines)}" for n in self.stack.procs)
+
+    def close(self) -> None:
+        stop_stack(self.stack)
+        self.http.close()
+        cleanup_keys(self.redis, self.prefix, self.queue)
+        self.redis.close()
+
+
+def stop_stack(stack: Stack, timeout: float = 15.0) -> None:
+    """Stop every process and wait until each one's process group is empty.
+
+    ``Stack.stop`` waits for the ``sh -c`` it started, which may exit while the command it ran
+    is still finishing requests (and publishing tasks to Redis): keys cleaned up before that
+    would come back.
+    """
+    groups = [proc.pid for proc in stack.procs.values()]  # start_new_session: pgid == pid
+    stack.stop()
+    started = time.monotonic()
+    for pgid in groups:
+        killed = False
+        while time.monotonic() - started < 2 * timeout:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            if not killed and time.monotonic() - started > timeout:
+                with suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                killed = True
+            time.sleep(0.05)
+
+
+def cleanup_keys(client: redis.Redis, prefix: str, queue: str) -> int:
+    """Delete this run's keys: everything under ``prefix`` and the queue's kombu bindings."""
+    keys = list(client.scan_iter(f"{prefix}*", count=1000))
+    keys += list(client.scan_iter(f"_kombu.binding*{queue}", count=1000))
+    removed = 0
+    for start in range(0, len(keys), 1000):
+        removed += int(client.delete(*keys[start : start + 1000]))
+    # Celery's Redis transport keeps unacknowledged deliveries in shared keys; a worker that
+    # stopped cleanly leaves none of ours, but a killed one may.
+    tags = [
+        tag
+        for tag, payload in client.hscan_iter("unacked")
+        if queue.encode() in (payload if isinstance(payload, bytes) else str(payload).encode())
+    ]
+    if tags:
+        client.hdel("unacked", *tags)
+        client.zrem("unacked_index", *tags)
+    # kombu's shared bookkeeping of bindings: ours to remove once no binding is left in the
+    # benchmark's database.
+    if not any(True for _ in client.scan_iter("_kombu.binding.*", count=1000)) and not any(
+        True for _ in client.scan_iter("_kombu.binding_permanent.*", count=1000)
+    ):
+        removed += int(client.delete("_kombu.binding_deadlines"))
+    return removed
+
+
+def new_prefix() -> tuple[str, str]:
+    """A private key prefix and Celery queue for one run."""
+    prefix = f"bench-{secrets.token_hex(4)}:"
+    return prefix, f"{prefix}queue"
+
+
+def service_env(
+    root: Path, *, prefix: str, queue: str, gateway: str, api_key: str, web_port: int
+) -> dict[str, str]:
+    """The service's configuration for a benchmark run (README, "Configuration")."""
+    return {
+        "REDIS_URL": REDIS_URL,
+        "KEY_PREFIX": prefix,
+        "CELERY_QUEUE": queue,
+        "KLING_BASE_URL": f"{gateway}/kling",
+        "KLING_API_KEY": api_key,
+        "PUBLIC_URL": f"http://{LOOPBACK}:{web_port}",
+        "CALLBACK_SECRET": secrets.token_hex(32),
+        "ARCHIVE_DIR": str(root / "archive"),
+        "PORT": str(web_port),
+        "POLL_AFTER_SECONDS": "30",
+        "SWEEP_SECONDS": "5",
+        "WORKER_CONCURRENCY": "4",
+        "BEAT_SCHEDULE": str(root / "beat-schedule"),
+    }
+
+
+def procfile_commands() -> dict[str, str]:
+    return {name: loopback(command) for name, command in find_procfile().items()}
+
+
+def wait_worker_ready(stack: Stack, name: str = "worker", timeout: float = 60.0) -> None:
+    """Until the Celery worker logs that it is ready to take tasks."""
+    deadline = time.monotonic() + timeout
+    proc = stack.procs[name]
+    while " ready." not in stack.tail(name, 400):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{stack.tail(name)}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{name} not ready within {timeout:.0f} s:\n{stack.tail(name)}")
+        time.sleep(0.1)
+
+
+def start_service(
+    root: Path,
+    *,
+    delay: float = 0.0,
+    bytes_per_second: int = 4000,
+    processes: tuple[str, ...] = ("web", "worker", "beat"),
+    web_command: str | None = None,
+    gateway_faults: str | None = None,
+    **settings: str,
+) -> BenchService:
+    """The gateway and the Procfile's ``processes`` on free loopback ports, with ``settings``
+    (upper-cased into the environment) over the benchmark's defaults. Returns once the web
+    process answers and the worker is ready."""
+    stack = Stack(root / "logs")
+    gateway_port, web_port = free_port(), free_port()
+    api_key = secrets.token_hex(8)
+    prefix, queue = new_prefix()
+    gateway = f"http://{LOOPBACK}:{gateway_port}"
+    args = [
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(gateway_port),
+        "--delay",
+        str(delay),
+        "--api-key",
+        api_key,
+        "--bytes-per-second",
+        str(bytes_per_second),
+        "--log-level",
+        "warning",
+    ]
+    if gateway_faults:
+        args += ["--faults", gateway_faults]
+    proc = stack.start("gateway", python_module("kling.fake", *args), {})
+    env = service_env(
+        root, prefix=prefix, queue=queue, gateway=gateway, api_key=api_key, web_port=web_port
+    )
+    env.update({k.upper(): v for k, v in settings.items()})
+    client = redis.Redis.from_url(REDIS_URL)
+    service = BenchService(
+        stack=stack,
+        gateway=gateway,
+        api=f"http://{LOOPBACK}:{web_port}",
+        env=env,
+        redis=client,
+        prefix=prefix,
+        queue=queue,
+        api_key=api_key,
+    )
+    try:
+        wait_http(f"{gateway}/_fake/stats", proc=proc)
+        commands = procfile_commands()
+        if web_command is not None:
+            commands["web"] = web_command
+        for name in processes:
+            stack.start(name, commands[name], env)
+        if "web" in processes:
+            wait_http(f"{service.api}/healthz", proc=stack.procs["web"])
+        if "worker" in processes:
+            wait_worker_ready(stack)
+    except Exception:
+        service.close()
+        raise
+    return service
