@@ -245,7 +245,7 @@ def run(root: Path, *, quick: bool) -> Section:
             g: round(t / main_cpu_total, 4)
             for g, t in sorted(boss.by_group.items(), key=lambda item: item[1], reverse=True)
         },
-        "rendered": str(OUTPUT),
+        "rendered": f"bench/{OUTPUT.name}",
         "statuses": outcome.statuses,
     }
     return section
