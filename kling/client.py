@@ -213,7 +213,7 @@ class KlingClient:
         self._timeout = (float(timeout[0]), float(timeout[1]))
         self._send_parent_task_id = send_parent_task_id
         self._owns_session = session is None
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else _session_for(self._base_url)
 
     @property
     def base_url(self) -> str:
@@ -359,6 +359,21 @@ class KlingClient:
             _elapsed_ms(started),
         )
         return payload
+
+
+def _session_for(base_url: str) -> requests.Session:
+    """A session with the environment's settings for ``base_url`` read once.
+
+    requests reads the environment (``*_PROXY``, ``NO_PROXY``, CA bundle, netrc) again for
+    every request, about 0.1 ms of CPU each; every request of this client goes to one base URL.
+    """
+    session = requests.Session()
+    found = session.merge_environment_settings(base_url, {}, None, None, None)
+    session.proxies.update(found["proxies"])
+    session.verify = found["verify"]
+    session.cert = found["cert"]
+    session.trust_env = False
+    return session
 
 
 def _elapsed_ms(started: float) -> float:

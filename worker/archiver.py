@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
+import requests
+
 from kling.client import KlingClient
 from kling.errors import KlingError, MalformedReply, PermanentError, RetryableError
 from kling.models import TaskKind, TaskStatus
@@ -85,6 +87,8 @@ class Archiver:
         self.provider = provider
         self.enqueue = enqueue
         self.clock = clock
+        # One session per process: downloads from the same file host reuse its connection.
+        self.http = requests.Session()
 
     # -- the one way a video reaches storage ---------------------------------------------------
     def store(self, video_id: str, url: str, created_at: float, sidecar: dict[str, Any]) -> Stored:
@@ -105,6 +109,7 @@ class Archiver:
                 deadline=deadline,
                 max_bytes=self.settings.archive_max_bytes,
                 max_attempts=3,
+                session=self.http,
             )
             host = urlsplit(url).hostname
             self._sidecar(video_id, got, host, created_at, expires, sidecar)

@@ -218,8 +218,14 @@ class Runner:
         if step.task_id is None:
             # Only a step mid-submit can be racing its own create reply; anything else is news
             # about nothing (the chain's schedule polls every real task anyway).
-            racing = step.status is StepStatus.SUBMITTING and attempt < RACE_RETRIES
-            return 0.5 if racing else None
+            if step.status is not StepStatus.SUBMITTING:
+                return None
+            # The callback beat the create reply home, so the create reached the provider:
+            # ask for it by external_task_id now rather than wait for the submit task to
+            # record the reply. Both may record it; Submitted is idempotent.
+            if self._found_early(chain_id, step):
+                return None
+            return 0.5 if attempt < RACE_RETRIES else None
         try:
             task = self.provider.get(TaskKind(step.kind), step.task_id)
         except (RetryableError, MalformedReply) as exc:
@@ -231,6 +237,19 @@ class Runner:
         out = self._apply(chain_id, TaskUpdate(index, task))
         self.dispatch(chain_id, out.actions)
         return None
+
+    def _found_early(self, chain_id: str, step: Step) -> bool:
+        if not self.settings.kling_external_task_id:
+            return False
+        try:
+            found = self.provider.find_by_external_id(TaskKind(step.kind), step.external_task_id)
+        except KlingError as exc:
+            log.info("step %s/%s: early lookup failed: %s", chain_id, step.index, exc)
+            return False
+        if found is None:
+            return False
+        self._record(chain_id, step.index, found)
+        return True
 
     # -- archive one video -----------------------------------------------------------------------
     def archive(

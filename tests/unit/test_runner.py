@@ -251,3 +251,13 @@ def test_celery_tasks_leave_retry_limits_to_the_runner(monkeypatch: pytest.Monke
         tasks.notify,
     ):
         assert task.max_retries is None, task.name
+
+
+def test_callback_racing_the_create_reply_finds_the_task_at_once(rig: Rig) -> None:
+    cid = rig.chain()
+    rig.store.transition(cid, Claim(0, "a", 60))  # the submit task is mid-create
+    rig.provider.tasks["t9"] = Task("t9", TaskStatus.PROCESSING, external_task_id="kc-c1-0")
+    assert rig.runner.refresh(cid, 0) is None  # no 0.5 s wait
+    step = rig.store.get(cid).step(0)
+    assert (step.status, step.task_id) == (StepStatus.SUBMITTED, "t9")
+    assert rig.provider.creates == []
