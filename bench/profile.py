@@ -46,6 +46,9 @@ BLOCKING = (
     "poll  ",
     "select  ",
     "sleep  ",
+    "waitpid  ",
+    "lock.acquire  ",
+    "Connection._recv  billiard/",
     "[self]  billiard/",
 )
 # Thin wrappers that would only repeat their callee's time: the Celery task bodies, lambdas,
@@ -159,7 +162,7 @@ def _is_product(name: str) -> bool:
 
 def run(root: Path, *, quick: bool) -> Section:
     section = Section("profile")
-    chains = 150 if quick else 200
+    chains = 100 if quick else 200
     sessions_dir = root / "sessions"
     service = start_service(root, processes=("web", "beat"))
     try:
