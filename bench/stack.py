@@ -20,7 +20,7 @@ from typing import Any
 import redis
 import requests
 
-from worker.devstack import Stack, find_procfile, free_port, python_module, wait_http
+from worker.devstack import Stack, find_procfile, free_port, local_env, python_module, wait_http
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 LOOPBACK = "127.0.0.1"
@@ -126,21 +126,18 @@ def service_env(
     root: Path, *, prefix: str, queue: str, gateway: str, api_key: str, web_port: int
 ) -> dict[str, str]:
     """The service's configuration for a benchmark run (README, "Configuration")."""
-    return {
-        "REDIS_URL": REDIS_URL,
-        "KEY_PREFIX": prefix,
-        "CELERY_QUEUE": queue,
-        "KLING_BASE_URL": f"{gateway}/kling",
-        "KLING_API_KEY": api_key,
-        "PUBLIC_URL": f"http://{LOOPBACK}:{web_port}",
-        "CALLBACK_SECRET": secrets.token_hex(32),
-        "ARCHIVE_DIR": str(root / "archive"),
-        "PORT": str(web_port),
-        "POLL_AFTER_SECONDS": "30",
-        "SWEEP_SECONDS": "5",
-        "WORKER_CONCURRENCY": "4",
-        "BEAT_SCHEDULE": str(root / "beat-schedule"),
-    }
+    return local_env(
+        redis_url=REDIS_URL,
+        gateway=gateway,
+        api_key=api_key,
+        web_port=web_port,
+        root=root,
+        key_prefix=prefix,
+        celery_queue=queue,
+        poll_after_seconds="30",
+        sweep_seconds="5",
+        worker_concurrency="4",
+    )
 
 
 def procfile_commands() -> dict[str, str]:

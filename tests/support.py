@@ -12,7 +12,14 @@ from typing import Any
 import redis
 import requests
 
-from worker.devstack import Stack, find_procfile, free_port, python_module, wait_http
+from worker.devstack import (
+    Stack,
+    find_procfile,
+    free_port,
+    local_env,
+    python_module,
+    wait_http,
+)
 
 
 def sha256_file(path: Path) -> str:
@@ -123,23 +130,21 @@ def start_service(
         ),
         {},
     )
-    env = {
-        "REDIS_URL": redis_url,
-        "KEY_PREFIX": prefix,
-        "CELERY_QUEUE": f"{prefix}queue",
-        "KLING_BASE_URL": f"{gateway}/kling",
-        "KLING_API_KEY": api_key,
-        "PUBLIC_URL": f"http://127.0.0.1:{web_port}",
-        "CALLBACK_SECRET": secrets.token_hex(32),
-        "ARCHIVE_DIR": str(root / "archive"),
-        "PORT": str(web_port),
-        "POLL_AFTER_SECONDS": "30",
-        "SWEEP_SECONDS": "1",
-        "RECHECK_AFTER_SECONDS": "1",
-        "WORKER_CONCURRENCY": "2",
-        "BEAT_SCHEDULE": str(root / "beat-schedule"),
-        **{k.upper(): v for k, v in settings.items()},
-    }
+    env = local_env(
+        redis_url=redis_url,
+        gateway=gateway,
+        api_key=api_key,
+        web_port=web_port,
+        root=root,
+        key_prefix=prefix,
+        celery_queue=f"{prefix}queue",
+        **{
+            "poll_after_seconds": "30",
+            "sweep_seconds": "1",
+            "recheck_after_seconds": "1",
+            **settings,
+        },
+    )
     try:
         wait_http(f"{gateway}/_fake/stats", proc=proc)
         commands = find_procfile()

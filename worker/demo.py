@@ -19,6 +19,7 @@ from worker.devstack import (
     embedded_redis,
     find_procfile,
     free_port,
+    local_env,
     python_module,
     wait_http,
 )
@@ -67,19 +68,16 @@ def run_demo(*, target: float, delay: float, archive_dir: str) -> int:
                 f"demo: the gateway holds a 5 s video {seed['video_id']} (task {seed['task_id']})"
             )
 
-            env = {
-                "REDIS_URL": f"{redis_url}/0",
-                "KLING_BASE_URL": f"{gateway}/kling",
-                "KLING_API_KEY": api_key,
-                "PUBLIC_URL": f"http://127.0.0.1:{web_port}",
-                "CALLBACK_SECRET": secrets.token_hex(32),
-                "ARCHIVE_DIR": str(archive),
-                "PORT": str(web_port),
-                "POLL_AFTER_SECONDS": "20",
-                "SWEEP_SECONDS": "5",
-                "WORKER_CONCURRENCY": "2",
-                "BEAT_SCHEDULE": str(logs / "beat-schedule"),
-            }
+            env = local_env(
+                redis_url=f"{redis_url}/0",
+                gateway=gateway,
+                api_key=api_key,
+                web_port=web_port,
+                root=logs,
+                archive_dir=str(archive),
+                poll_after_seconds="20",
+                sweep_seconds="5",
+            )
             for name, command in find_procfile().items():
                 stack.start(name, command, env)
             wait_http(f"http://127.0.0.1:{web_port}/healthz", proc=stack.procs.get("web"))

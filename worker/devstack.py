@@ -7,6 +7,7 @@ of the configuration in the environment) and stopped as a group.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -148,6 +149,31 @@ def embedded_redis(port: int) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def local_env(
+    *,
+    redis_url: str,
+    gateway: str,
+    api_key: str,
+    web_port: int,
+    root: Path,
+    **overrides: str,
+) -> dict[str, str]:
+    """The service's configuration (README, "Configuration") for processes on this machine
+    talking to a local gateway; ``overrides`` (lower-case setting names) win."""
+    env = {
+        "REDIS_URL": redis_url,
+        "KLING_BASE_URL": f"{gateway}/kling",
+        "KLING_API_KEY": api_key,
+        "PUBLIC_URL": f"http://127.0.0.1:{web_port}",
+        "CALLBACK_SECRET": secrets.token_hex(32),
+        "ARCHIVE_DIR": str(root / "archive"),
+        "PORT": str(web_port),
+        "WORKER_CONCURRENCY": "2",
+        "BEAT_SCHEDULE": str(root / "beat-schedule"),
+    }
+    return {**env, **{name.upper(): value for name, value in overrides.items()}}
 
 
 def python_module(module: str, *args: str) -> list[str]:
