@@ -148,7 +148,7 @@ class Archiver:
         """Put a chain's settled video in the manifest too."""
         self.videos.register(record)
         if stored is not None:
-            self.videos.update(
+            after, _ = self.videos.update(
                 record.video_id,
                 lambda r: archived(
                     r,
@@ -159,10 +159,10 @@ class Archiver:
                     now=self.clock(),
                 ),
             )
-            self.notify(EventType.VIDEO_ARCHIVED, record.video_id)
+            self.notify(EventType.VIDEO_ARCHIVED, after)
         elif error is not None:
-            self.videos.update(record.video_id, lambda r: lost(r, error))
-            self.notify(EventType.VIDEO_LOST, record.video_id)
+            after, _ = self.videos.update(record.video_id, lambda r: lost(r, error))
+            self.notify(EventType.VIDEO_LOST, after)
 
     # -- any task of the account ----------------------------------------------------------------
     def archive_task(
@@ -223,11 +223,11 @@ class Archiver:
             return delay
         except (DownloadPermanent, KlingError) as exc:
             reason = str(exc)
-            self.videos.update(video_id, lambda r: lost(r, reason))
+            after, _ = self.videos.update(video_id, lambda r: lost(r, reason))
             log.error("archive: video %s is lost: %s", video_id, reason)
-            self.notify(EventType.VIDEO_LOST, video_id)
+            self.notify(EventType.VIDEO_LOST, after)
             return None
-        self.videos.update(
+        after, _ = self.videos.update(
             video_id,
             lambda r: archived(
                 r,
@@ -238,7 +238,7 @@ class Archiver:
                 now=self.clock(),
             ),
         )
-        self.notify(EventType.VIDEO_ARCHIVED, video_id)
+        self.notify(EventType.VIDEO_ARCHIVED, after)
         return None
 
     # -- the deadline sweep ---------------------------------------------------------------------
@@ -251,12 +251,12 @@ class Archiver:
         queued = 0
         for record in self.videos.by_deadline(limit):
             if now >= record.expires_at:
-                self.videos.update(record.video_id, lambda r: lost(r, GONE))
+                after, _ = self.videos.update(record.video_id, lambda r: lost(r, GONE))
                 log.error("archive: video %s is lost: %s", record.video_id, GONE)
-                self.notify(EventType.VIDEO_LOST, record.video_id)
+                self.notify(EventType.VIDEO_LOST, after)
                 continue
             if at_risk(record, now, warn) and not record.warned:
-                _, first = self.videos.update(
+                warned, first = self.videos.update(
                     record.video_id, lambda r: None if r.warned else _warned(r)
                 )
                 if first:
@@ -269,7 +269,7 @@ class Archiver:
                         hours,
                         record.error or "",
                     )
-                    self.notify(EventType.VIDEO_AT_RISK, record.video_id)
+                    self.notify(EventType.VIDEO_AT_RISK, warned)
             if record.claimed_at is not None and now - record.claimed_at < lease:
                 continue  # a worker holds it
             _, handed = self.videos.update(record.video_id, lambda r: queue(r, now, hold))
@@ -279,14 +279,12 @@ class Archiver:
             queued += 1
         return queued
 
-    def notify(self, kind: EventType, video_id: str) -> None:
-        if self.settings.notify_url is None:
-            return
-        record = self.videos.get(video_id)
-        if record is None:
+    def notify(self, kind: EventType, record: VideoRecord | None) -> None:
+        """Announce ``record`` (as just written) to NOTIFY_URL, if one is set."""
+        if self.settings.notify_url is None or record is None:
             return
         data = record.view(self.clock(), self.settings.archive_warn_seconds)
-        event = new_event(kind, data, event_id=event_id(video_id, kind.value))
+        event = new_event(kind, data, event_id=event_id(record.video_id, kind.value))
         self.enqueue(NOTIFY_TASK, (event.to_dict(),))
 
 
