@@ -43,9 +43,16 @@ from kling.models import (
     Text2VideoRequest,
     envelope_code,
     parse_task,
+    parse_task_list,
 )
 
-__all__ = ["USER_AGENT", "KlingClient", "classify_transport_error", "reply_payload"]
+__all__ = [
+    "USER_AGENT",
+    "KlingClient",
+    "classify_create_error",
+    "classify_transport_error",
+    "reply_payload",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +119,34 @@ def classify_transport_error(exc: BaseException, *, create: bool) -> KlingError:
         f"the create request may have reached the provider but {detail}; "
         "the task may exist and be billed: look it up before submitting again"
     )
+
+
+AMBIGUOUS_CREATE_STATUSES: Final = frozenset({502, 504})
+"""A gateway or proxy answered in the provider's place: the request may have gone on."""
+AMBIGUOUS_CREATE_CODES: Final = frozenset({5002})
+"""The provider timed out: the task may have been made all the same."""
+
+
+def classify_create_error(exc: KlingError) -> KlingError:
+    """What a failed create reply means for money.
+
+    A retryable reply that a proxy or gateway gave after the request went on (HTTP 502/504),
+    or the provider's own server timeout (code 5002), does not prove that nothing was
+    created: such a create becomes ``AmbiguousCreate``. Everything else stays as it is.
+    """
+    if not isinstance(exc, RetryableError):
+        return exc
+    if exc.code in AMBIGUOUS_CREATE_CODES or (
+        exc.code is None and exc.http_status in AMBIGUOUS_CREATE_STATUSES
+    ):
+        return AmbiguousCreate(
+            f"the provider answered {exc} after the create request was sent; the task may "
+            "exist and be billed: look it up before submitting again",
+            code=exc.code,
+            http_status=exc.http_status,
+            request_id=exc.request_id,
+        )
+    return exc
 
 
 def reply_payload(status: int, content: bytes, *, location: str | None = None) -> dict[str, Any]:
@@ -239,6 +274,11 @@ class KlingClient:
             body = request.to_json()
         try:
             return parse_task(self._call("POST", self._url(kind), body))
+        except RetryableError as exc:
+            mapped = classify_create_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from exc
         except MalformedReply as exc:
             raise AmbiguousCreate(
                 "the create request was answered but the reply could not be read "
@@ -258,6 +298,15 @@ class KlingClient:
             return parse_task(self._call("GET", url))
         except NotFound:
             return None
+
+    def list_tasks(self, kind: TaskKind, *, page: int = 1, page_size: int = 100) -> list[Task]:
+        """One page of the account's tasks of ``kind``, newest first (``pageNum``/``pageSize``)."""
+        if not 1 <= page <= 1000 or not 1 <= page_size <= 500:
+            raise InvalidRequest(
+                f"page must be 1-1000 and page_size 1-500, got {page}, {page_size}"
+            )
+        url = f"{self._url(kind)}?pageNum={page}&pageSize={page_size}"
+        return parse_task_list(self._call("GET", url))
 
     def create_extend(self, request: ExtendRequest) -> Task:
         return self.create(TaskKind.VIDEO_EXTEND, request)

@@ -25,6 +25,7 @@ __all__ = [
     "Text2VideoRequest",
     "Video",
     "parse_task",
+    "parse_task_list",
 ]
 
 MAX_PROMPT_CHARS = 2500
@@ -89,11 +90,15 @@ _FAMILIES: dict[TaskKind, str] = {}
 
 @dataclass(frozen=True)
 class Video:
-    """A generated video. ``duration`` is in seconds; ``url`` expires with the video."""
+    """A generated video. ``url`` expires with the video.
+
+    ``duration`` is in seconds, or None when the reply gives none (some relays leave it out):
+    callers decide what an unknown length means for them.
+    """
 
     id: str
     url: str
-    duration: float
+    duration: float | None
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,20 @@ def parse_task(body: Mapping[str, Any]) -> Task:
     return _parse_task_object(body, "task")
 
 
-def _unwrap(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
+def parse_task_list(body: Mapping[str, Any]) -> list[Task]:
+    """Read a page of the list endpoint: an envelope whose ``data`` is a list of task objects.
+
+    Raises the mapped ``KlingError`` for a non-zero ``code``, ``MalformedReply`` otherwise.
+    """
+    if not isinstance(body, Mapping):
+        raise MalformedReply(f"expected a JSON object, got {_type_name(body)}")
+    items = _unwrap(body, list_data=True)
+    if not isinstance(items, list):
+        raise MalformedReply(f"envelope data must be a list of tasks, got {_type_name(items)}")
+    return [_parse_task_object(item, f"data[{i}]") for i, item in enumerate(items)]
+
+
+def _unwrap(envelope: Mapping[str, Any], *, list_data: bool = False) -> Any:
     raw_request_id = envelope.get("request_id")
     request_id = None if raw_request_id is None else str(raw_request_id)
     try:
@@ -146,6 +164,8 @@ def _unwrap(envelope: Mapping[str, Any]) -> Mapping[str, Any]:
         message = envelope.get("message")
         raise error_for(code, None, message if isinstance(message, str) else "", request_id)
     data = envelope.get("data")
+    if list_data:
+        return data
     if not isinstance(data, Mapping):
         raise MalformedReply(
             f"envelope data must be an object, got {_type_name(data)}", request_id=request_id
@@ -167,7 +187,9 @@ def envelope_code(raw: object) -> int | None:
     raise MalformedReply(f"envelope code must be an integer, got {raw!r}")
 
 
-def _parse_task_object(obj: Mapping[str, Any], where: str) -> Task:
+def _parse_task_object(obj: Any, where: str) -> Task:
+    if not isinstance(obj, Mapping):
+        raise MalformedReply(f"{where} must be a task object, got {_type_name(obj)}")
     task_id = _id(obj, "task_id", where)
     if task_id is None:
         raise MalformedReply(f"{where}.task_id is missing")
@@ -226,7 +248,10 @@ def _video(raw: Any, where: str) -> Video:
     return Video(id=video_id, url=url.strip(), duration=_duration(raw.get("duration"), where))
 
 
-def _duration(raw: Any, where: str) -> float:
+def _duration(raw: Any, where: str) -> float | None:
+    """Seconds; None when absent, null or blank. Anything else that is not seconds is malformed."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
+        return None
     value: float | None = None
     if isinstance(raw, str):
         try:

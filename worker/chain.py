@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -22,6 +23,8 @@ from kling.models import Task, TaskKind, TaskStatus
 
 MAX_TOTAL_SECONDS = 180.0
 MAX_STEP_SECONDS = 5.0
+MIN_STEP_SECONDS = 4.0  # an extension adds about 4-5 s: the ceiling counts 4 s per step
+PLAUSIBLE_GROWTH_SECONDS = 3.0  # an extension reported to add less is not believed
 TEXT2VIDEO_SECONDS = (5, 10)
 
 
@@ -249,18 +252,81 @@ def fits_under_cap(duration: float) -> bool:
     return duration + MAX_STEP_SECONDS <= MAX_TOTAL_SECONDS
 
 
-def end_reason_after(spec: Spec, duration: float | None, extensions_done: int) -> EndReason | None:
+def extension_ceiling(start: float | None) -> int:
+    """The most extensions a chain from a video of ``start`` seconds may ever pay for.
+
+    ``ceil((180 - start) / 4)``: more than any honest run needs (each real extension adds at
+    least 4 s), so it only binds when the reported durations do not add up. An unknown start
+    counts as 0 s (45 extensions).
+    """
+    remaining = MAX_TOTAL_SECONDS - (start or 0.0)
+    return max(0, math.ceil(round(remaining / MIN_STEP_SECONDS, 6)))
+
+
+def duration_doubt(duration: float | None, parent: float | None, *, extension: bool) -> str | None:
+    """Why a finished step's reported length cannot be believed, or None when it can.
+
+    A result with no duration is never believed: without it neither the target nor the 180 s
+    cap can be checked. An extension must be at least 3 s longer than its parent when the
+    parent's length is known (each adds about 4-5 s); a relay that reports only the added
+    segment, or the parent's length again, fails here instead of paying on forever.
+    """
+    if duration is None:
+        what = "the extended video" if extension else "the video"
+        parent_note = f" (its parent was {_seconds(parent)})" if extension else ""
+        return (
+            f"the provider reports no duration for {what}{parent_note}: without it the chain "
+            "cannot keep under the 180 s cap; stopping before paying for more"
+        )
+    if extension and parent is not None and round(duration - parent, 3) < PLAUSIBLE_GROWTH_SECONDS:
+        return (
+            f"the provider reports the extended video as {duration:.1f} s, its parent was "
+            f"{parent:.1f} s: an extension adds about 4-5 s, so this provider's durations "
+            "cannot be trusted; stopping before paying for more"
+        )
+    return None
+
+
+def _seconds(value: float | None) -> str:
+    return "of unknown length" if value is None else f"{value:.1f} s"
+
+
+def end_reason_after(
+    spec: Spec, duration: float | None, extensions_done: int, *, ceiling: int | None = None
+) -> EndReason | None:
     """Why the chain stops now, or None when one more extension is due.
 
-    A target or step count the user set wins over the cap when both hold at once.
+    ``ceiling`` is the most extensions the chain may pay for (``chain_ceiling``; by default
+    ``extension_ceiling(spec.source_duration)``). A target or step count the user set wins over
+    the cap when both hold at once.
     """
+    if ceiling is None:
+        ceiling = extension_ceiling(spec.source_duration)
     if spec.target_seconds is not None and duration is not None and duration >= spec.target_seconds:
         return EndReason.TARGET_REACHED
     if spec.steps is not None and extensions_done >= spec.steps:
         return EndReason.STEPS_DONE
     if duration is not None and not fits_under_cap(duration):
         return EndReason.CAP_REACHED
+    if extensions_done >= ceiling:
+        return EndReason.CAP_REACHED
     return None
+
+
+def chain_ceiling(chain: Chain) -> int:
+    """``extension_ceiling`` from the chain's known start length, else from its first result.
+
+    The start is ``source_duration`` when the user gave it; otherwise the first step's result
+    is taken as the start (a text2video video, or the first extension, which then counts as
+    one extension already paid). Before any of that is known, the worst case: 45.
+    """
+    if chain.spec.source_duration is not None:
+        return extension_ceiling(chain.spec.source_duration)
+    first = chain.steps[0]
+    if first.status is StepStatus.SUCCEED and first.duration is not None:
+        paid = 1 if first.kind == TaskKind.VIDEO_EXTEND.value else 0
+        return paid + extension_ceiling(first.duration)
+    return extension_ceiling(None)
 
 
 def external_task_id(chain_id: str, index: int) -> str:
@@ -552,7 +618,14 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
             )
             _fail(chain, f"step {event.index} failed: {step.error}")
             return
-        step.status = StepStatus.SUCCEED
+        extension = step.kind == TaskKind.VIDEO_EXTEND.value
+        doubt = duration_doubt(
+            video.duration, _parent_duration(chain, step, task), extension=extension
+        )
+        # A doubted step's video is recorded and archived all the same (it was paid for, and
+        # only its reported length is in question), but the step fails and nothing follows.
+        step.status = StepStatus.SUCCEED if doubt is None else StepStatus.FAILED
+        step.error = doubt
         step.video_id, step.video_url, step.duration = video.id, video.url, video.duration
         created = task.created_at_ms / 1000 if task.created_at_ms else now
         step.video_created_at = created
@@ -566,7 +639,12 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
             )
         )
         out.actions.append(ArchiveVideo(video.id))
-        reason = end_reason_after(chain.spec, video.duration, _extensions_done(chain))
+        if doubt is not None:
+            _fail(chain, f"step {event.index}: {doubt}")
+            return
+        reason = end_reason_after(
+            chain.spec, video.duration, _extensions_done(chain), ceiling=chain_ceiling(chain)
+        )
         if reason is not None:
             chain.end_reason = reason
             chain.waiting = None
@@ -574,6 +652,18 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
             nxt = _new_extension(chain, video.id, step.task_id)
             chain.steps.append(nxt)
             out.actions.append(SubmitStep(nxt.index))
+
+
+def _parent_duration(chain: Chain, step: Step, task: Task) -> float | None:
+    """The parent's length as the chain recorded it (the step before, or the user's
+    ``source_duration`` for the first), else as the reply's ``task_info.parent_video`` says."""
+    if step.index > 0:
+        before = chain.steps[step.index - 1]
+        if before.video_id == step.parent_video_id and before.duration is not None:
+            return before.duration
+    elif chain.spec.source_duration is not None:
+        return chain.spec.source_duration
+    return task.parent_video.duration if task.parent_video is not None else None
 
 
 def _archive_claim(chain: Chain, event: ArchiveClaim, now: float, out: Outcome) -> None:

@@ -8,7 +8,6 @@ which it wants to run again (the Celery task turns that into a retry).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +18,7 @@ from kling.errors import (
     InvalidRequest,
     KlingError,
     MalformedReply,
+    NotFound,
     PermanentError,
     RetryableError,
 )
@@ -48,14 +48,26 @@ from worker.chain import (
 )
 from worker.download import DownloadPermanent, DownloadRetryable, backoff
 from worker.notify import EventType, event_id, new_event
+from worker.reconcile import (
+    LIST_MAX_PAGES,
+    LIST_PAGE_SIZE,
+    Answer,
+    Capability,
+    Found,
+    NotCreated,
+    Unknown,
+    combine,
+    judge_list,
+    list_read_far_enough,
+    mismatch,
+    window_for,
+)
 from worker.settings import Settings
 from worker.store import Store
-from worker.videos import VideoRecord
+from worker.videos import SAFE_ID, VideoRecord
 
 log = logging.getLogger(__name__)
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-RACE_RETRIES = 20  # a callback may beat the create reply home; wait for the task id this often
 
 Enqueue = Callable[[str, tuple[Any, ...]], None]
 
@@ -67,6 +79,25 @@ ARCHIVE_TASK = "kc.archive_video"
 def describe(exc: KlingError) -> str:
     code = f" (code {exc.code})" if exc.code is not None else ""
     return f"{exc.message}{code}"
+
+
+def step_name(chain_id: str, index: int) -> str:
+    """How ``Store.claim_task`` names the step that recorded a task."""
+    return f"{chain_id}:{index}"
+
+
+class LookupFailed(Exception):
+    """Asking the provider about a lost create failed for now; ask again later."""
+
+
+def attention_message(step: Step, reason: str) -> str:
+    parent = f" on video {step.parent_video_id}" if step.parent_video_id else ""
+    return (
+        "a create request for this step may have reached the provider and been billed, and "
+        f"the provider cannot tell whether it did: {reason}. It was not sent again. Look in "
+        f"the account's task list for a {step.kind} task{parent} (external_task_id "
+        f"{step.external_task_id}) before starting again from the last good video"
+    )
 
 
 class Runner:
@@ -122,6 +153,7 @@ class Runner:
         )
 
     def _record(self, chain_id: str, index: int, task: Task) -> None:
+        self.store.claim_task(task.task_id, step_name(chain_id, index))
         out = self._apply(chain_id, Submitted(index, task))
         if task.status.terminal:  # a lookup found it finished already: that reply is a query
             out = self._apply(chain_id, TaskUpdate(index, task))
@@ -136,35 +168,24 @@ class Runner:
         step = out.chain.step(index)
         kind = TaskKind(step.kind)
         if out.verdict is Verdict.RECONCILE:
-            if not self.settings.kling_external_task_id:
-                self._apply(
-                    chain_id,
-                    NeedsAttention(
-                        index,
-                        "a create request for this step may have reached the provider and been "
-                        "billed, and this provider cannot be asked about it by external_task_id; "
-                        "check the account's task list before starting a new chain from the last "
-                        "good video",
-                    ),
-                )
-                return None
             try:
-                found = self.provider.find_by_external_id(kind, step.external_task_id)
-            except (RetryableError, MalformedReply) as exc:
-                log.warning("step %s/%s: lookup failed, will retry: %s", chain_id, index, exc)
-                return backoff(attempt + 1)
-            except PermanentError as exc:
-                self._apply(
-                    chain_id, NeedsAttention(index, f"looking up the step failed: {describe(exc)}")
-                )
-                return None
-            if found is not None:
-                log.info(
-                    "step %s/%s: found task %s, not resubmitting", chain_id, index, found.task_id
-                )
-                self._record(chain_id, index, found)
-                return None
-            log.info("step %s/%s: the provider has no such task; sending it", chain_id, index)
+                answer = self._reconcile(chain_id, step, kind)
+            except LookupFailed as exc:
+                log.warning("step %s/%s: %s; will ask again", chain_id, index, exc)
+                return self._lookup_again(chain_id, step, str(exc), attempt)
+            match answer:
+                case Found(task):
+                    log.info(
+                        "step %s/%s: found task %s, not resubmitting", chain_id, index, task.task_id
+                    )
+                    self._record(chain_id, index, task)
+                    return None
+                case Unknown(reason):
+                    log.error("step %s/%s needs attention: %s", chain_id, index, reason)
+                    self._apply(chain_id, NeedsAttention(index, attention_message(step, reason)))
+                    return None
+                case NotCreated(how):
+                    log.info("step %s/%s: not created (%s); sending it", chain_id, index, how)
 
         try:
             request = self._request(out.chain, step)
@@ -197,7 +218,118 @@ class Runner:
             self._apply(chain_id, SubmitFailed(index, describe(exc), exc.code))
             return None
         self._record(chain_id, index, task)
+        self._learn(kind, step, task)
         return None
+
+    # -- reconcile a create whose reply was lost -----------------------------------------------
+    def _reconcile(self, chain_id: str, step: Step, kind: TaskKind) -> Answer:
+        """Ask by external id, then the task list (``worker.reconcile``); LookupFailed: later."""
+        by_external_id: NotCreated | Unknown | None = None
+        if self.settings.kling_external_task_id:
+            try:
+                found = self.provider.find_by_external_id(kind, step.external_task_id)
+            except (RetryableError, MalformedReply) as exc:
+                raise LookupFailed(
+                    f"looking the step up by external_task_id failed: {exc}"
+                ) from exc
+            except PermanentError as exc:
+                found = None  # some gateways refuse an unknown external id as a bad parameter
+                log.info("step %s/%s: lookup by external id refused: %s", chain_id, step.index, exc)
+            if found is not None:
+                return Found(found)
+            what = f"external_id:{kind}"
+            proven = self.store.capabilities(self.provider.base_url, what)[what]
+            by_external_id = (
+                NotCreated("a lookup by external_task_id, which this provider answers, found none")
+                if proven is Capability.WORKS
+                else Unknown(
+                    "a lookup by external_task_id found none, but this provider has not been "
+                    "seen to find this service's own tasks that way"
+                )
+            )
+        # The list too, even after a proven "none": a gateway may have changed since.
+        return combine(by_external_id, self._scan_list(chain_id, step, kind))
+
+    def _scan_list(self, chain_id: str, step: Step, kind: TaskKind) -> Answer:
+        what = f"list:{kind}"
+        window = window_for(step, self.clock())
+        tasks: list[Task] = []
+        complete = False
+        for page in range(1, LIST_MAX_PAGES + 1):
+            try:
+                found = self.provider.list_tasks(kind, page=page, page_size=LIST_PAGE_SIZE)
+            except (RetryableError, MalformedReply) as exc:
+                raise LookupFailed(f"reading the task list failed: {exc}") from exc
+            except PermanentError as exc:
+                return Unknown(f"the provider refused to list its tasks ({describe(exc)})")
+            tasks += found
+            if list_read_far_enough(found, window):
+                complete = True
+                break
+        return judge_list(
+            tasks,
+            step,
+            window,
+            owners=self.store.task_owners(t.task_id for t in tasks),
+            me=step_name(chain_id, step.index),
+            complete=complete,
+            capability=self.store.capabilities(self.provider.base_url, what)[what],
+        )
+
+    def _lookup_again(self, chain_id: str, step: Step, reason: str, attempt: int) -> float | None:
+        """Keep the claim and ask again, until the retry deadline: then a person decides."""
+        first = step.first_try_at or self.clock()
+        if self.clock() - first >= self.settings.retry_deadline_seconds:
+            message = attention_message(step, f"the provider kept failing to answer ({reason})")
+            self._apply(chain_id, NeedsAttention(step.index, message))
+            return None
+        return backoff(attempt + 1, base=2.0, cap=120.0)
+
+    def _learn(self, kind: TaskKind, step: Step, task: Task) -> None:
+        """Find out (once a day) whether this provider can be asked about a lost create.
+
+        Right after a create whose reply came home, the task surely exists: a provider that
+        cannot find it by its external id, or does not list it, cannot be believed when it
+        says it has no such task. Costs one Redis read per create once known.
+        """
+        provider = self.provider.base_url
+        by_id, by_list = f"external_id:{kind}", f"list:{kind}"
+        known = self.store.capabilities(provider, by_id, by_list)
+        if self.settings.kling_external_task_id and known[by_id] is Capability.UNKNOWN:
+            self._remember(provider, by_id, self._probe_external_id(kind, step, task))
+        if known[by_list] is Capability.UNKNOWN:
+            self._remember(provider, by_list, self._probe_list(kind, task))
+
+    def _probe_external_id(self, kind: TaskKind, step: Step, task: Task) -> Capability:
+        try:
+            found = self.provider.find_by_external_id(kind, step.external_task_id)
+        except (RetryableError, MalformedReply):
+            return Capability.UNKNOWN  # ask again after the next create
+        except PermanentError:
+            return Capability.BROKEN
+        return Capability.WORKS if found and found.task_id == task.task_id else Capability.BROKEN
+
+    def _probe_list(self, kind: TaskKind, task: Task) -> Capability:
+        try:
+            page = self.provider.list_tasks(kind, page=1, page_size=LIST_PAGE_SIZE)
+        except (RetryableError, MalformedReply):
+            return Capability.UNKNOWN
+        except PermanentError:
+            return Capability.BROKEN
+        listed = any(t.task_id == task.task_id for t in page)
+        return Capability.WORKS if listed else Capability.BROKEN
+
+    def _remember(self, provider: str, what: str, verdict: Capability) -> None:
+        if verdict is Capability.UNKNOWN:
+            return
+        self.store.set_capability(provider, what, verdict)
+        if verdict is Capability.BROKEN:
+            log.warning(
+                "provider %s: %s does not find tasks this service just created; a create whose "
+                "reply is lost is reconciled another way, or left for a person",
+                provider,
+                what.replace("_", " "),
+            )
 
     def _exists_already(self, kind: TaskKind, external_id: str, exc: PermanentError) -> bool:
         """A parameter error may be the provider refusing a duplicate external_task_id: the
@@ -211,21 +343,20 @@ class Runner:
             return False
 
     # -- learn how a step is doing ---------------------------------------------------------------
-    def refresh(self, chain_id: str, index: int, *, attempt: int = 0) -> float | None:
+    def refresh(
+        self, chain_id: str, index: int, *, candidate: str | None = None, attempt: int = 0
+    ) -> float | None:
+        """Query the step's task and apply what it says. ``candidate``: the task id that a
+        callback on the step's own URL named, for a step whose create reply is not home yet."""
         step = self.store.get(chain_id).step(index)
         if step.status.done:
             return None
         if step.task_id is None:
             # Only a step mid-submit can be racing its own create reply; anything else is news
             # about nothing (the chain's schedule polls every real task anyway).
-            if step.status is not StepStatus.SUBMITTING:
+            if step.status is not StepStatus.SUBMITTING or candidate is None:
                 return None
-            # The callback beat the create reply home, so the create reached the provider:
-            # ask for it by external_task_id now rather than wait for the submit task to
-            # record the reply. Both may record it; Submitted is idempotent.
-            if self._found_early(chain_id, step):
-                return None
-            return 0.5 if attempt < RACE_RETRIES else None
+            return self._confirm_candidate(chain_id, step, candidate, attempt)
         try:
             task = self.provider.get(TaskKind(step.kind), step.task_id)
         except (RetryableError, MalformedReply) as exc:
@@ -238,18 +369,41 @@ class Runner:
         self.dispatch(chain_id, out.actions)
         return None
 
-    def _found_early(self, chain_id: str, step: Step) -> bool:
-        if not self.settings.kling_external_task_id:
-            return False
+    def _confirm_candidate(
+        self, chain_id: str, step: Step, candidate: str, attempt: int
+    ) -> float | None:
+        """The callback beat the create reply home. Its body is only a hint: record the task
+        it names once a query shows it can be this step's (``worker.reconcile.mismatch``)."""
         try:
-            found = self.provider.find_by_external_id(TaskKind(step.kind), step.external_task_id)
-        except KlingError as exc:
-            log.info("step %s/%s: early lookup failed: %s", chain_id, step.index, exc)
-            return False
-        if found is None:
-            return False
-        self._record(chain_id, step.index, found)
-        return True
+            task = self.provider.get(TaskKind(step.kind), candidate)
+        except (RetryableError, MalformedReply) as exc:
+            log.info("step %s/%s: query of candidate failed: %s", chain_id, step.index, exc)
+            return backoff(attempt + 1) if attempt < 3 else None
+        except NotFound:
+            log.warning(
+                "step %s/%s: callback named unknown task %s", chain_id, step.index, candidate
+            )
+            return None
+        except PermanentError as exc:
+            log.warning("step %s/%s: candidate query refused: %s", chain_id, step.index, exc)
+            return None
+        me = step_name(chain_id, step.index)
+        owner = self.store.task_owners([task.task_id]).get(task.task_id)
+        window = window_for(step, self.clock())
+        problem = mismatch(task, step, window, owner=owner, me=me, by_url=True)
+        if problem is None and self.store.claim_task(task.task_id, me) != me:
+            problem = "another step recorded it meanwhile"
+        if problem is not None:
+            log.warning(
+                "step %s/%s: a callback named task %s, which cannot be this step's: %s",
+                chain_id,
+                step.index,
+                task.task_id,
+                problem,
+            )
+            return None
+        self._record(chain_id, step.index, task)
+        return None
 
     # -- archive one video -----------------------------------------------------------------------
     def archive(

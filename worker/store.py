@@ -3,13 +3,18 @@
 Keys (all under ``KEY_PREFIX``):
 - ``chain:{id}``  the chain document (``worker.chain.Chain``);
 - ``chains``      sorted set of chain ids by creation time (listing, newest first);
-- ``due``         sorted set of owed work (``worker.chain.schedule``) by due time.
+- ``due``         sorted set of owed work (``worker.chain.schedule``) by due time;
+- ``task:{id}``    which step recorded a provider task (``chain:index``), so no task is ever
+                   recorded by two steps;
+- ``provider:{digest}``  what a provider has been seen to do (``worker.reconcile.Capability``
+                   per lookup method and task kind).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +22,10 @@ import redis
 
 from worker.atomic import Writes, optimistic
 from worker.chain import Chain, Event, Outcome, evolve, schedule
+from worker.reconcile import Capability
+
+TASK_OWNER_TTL = 35 * 24 * 3600  # past the provider's 30 days, when a task is gone anyway
+CAPABILITY_TTL = 24 * 3600  # a gateway may change what it does: check again daily
 
 # Pop the members due by ARGV[1] (at most ARGV[3]) and push each forward to ARGV[2], in one
 # step: two sweeps running at once (two beat processes by mistake) get disjoint work.
@@ -139,6 +148,39 @@ class Store:
         """Due work, each item held back for ``hold`` seconds so it is handed out once."""
         items = self._take_due(keys=[self._due], args=[now, now + hold, limit])
         return [_text(i) for i in items]
+
+    # -- provider tasks and what the provider can do ------------------------------------------
+    def claim_task(self, task_id: str, owner: str) -> str:
+        """Bind a provider task to the step ``owner`` unless it is bound; return its owner."""
+        name = f"{self.prefix}task:{task_id}"
+        if self.redis.set(name, owner, nx=True, ex=TASK_OWNER_TTL):
+            return owner
+        return _text(self.redis.get(name) or owner)
+
+    def task_owners(self, task_ids: Iterable[str]) -> dict[str, str]:
+        """The steps that recorded these tasks, for the ones some step did."""
+        ids = list(task_ids)
+        if not ids:
+            return {}
+        found = self.redis.mget([f"{self.prefix}task:{t}" for t in ids])
+        return {t: _text(v) for t, v in zip(ids, found, strict=True) if v is not None}
+
+    def _provider(self, provider: str) -> str:
+        return f"{self.prefix}provider:{hashlib.sha256(provider.encode()).hexdigest()[:16]}"
+
+    def capabilities(self, provider: str, *whats: str) -> dict[str, Capability]:
+        raws = self.redis.hmget(self._provider(provider), list(whats))
+        return {
+            what: Capability(_text(raw)) if raw is not None else Capability.UNKNOWN
+            for what, raw in zip(whats, raws, strict=True)
+        }
+
+    def set_capability(self, provider: str, what: str, value: Capability) -> None:
+        key = self._provider(provider)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(key, what, value.value)
+            pipe.expire(key, CAPABILITY_TTL)
+            pipe.execute()
 
     def ping(self) -> bool:
         try:

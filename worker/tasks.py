@@ -80,9 +80,9 @@ def submit_step(self: Any, chain_id: str, index: int) -> None:
 
 
 @app.task(bind=True, name=REFRESH_TASK, max_retries=None)
-def refresh_step(self: Any, chain_id: str, index: int) -> None:
+def refresh_step(self: Any, chain_id: str, index: int, candidate: str | None = None) -> None:
     r, req = runner(), self.request
-    _run(self, lambda: r.refresh(chain_id, index, attempt=req.retries))
+    _run(self, lambda: r.refresh(chain_id, index, candidate=candidate, attempt=req.retries))
 
 
 @app.task(bind=True, name=ARCHIVE_TASK, max_retries=None)

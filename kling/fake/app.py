@@ -17,7 +17,7 @@ from typing import Any, cast
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from kling.fake.auth import Credentials, authorize
@@ -105,6 +105,9 @@ class Gateway:
         if lost is not None and lost.mode == "reset":
             log.info("losing the reply of create %s (connection reset)", task.task_id)
             return LostReplyResponse(reply)
+        if lost is not None and lost.mode == "bad_gateway":
+            log.info("losing the reply of create %s (a relay's 502)", task.task_id)
+            return HTMLResponse("<html><body>502 Bad Gateway</body></html>", status_code=502)
         if lost is not None:
             log.info("losing the reply of create %s (hang %.1f s)", task.task_id, lost.hang_seconds)
             await asyncio.sleep(lost.hang_seconds)
@@ -136,6 +139,11 @@ class Gateway:
         if not name.endswith(".mp4"):
             raise not_found(f"file {name} not found")
         video, size = self.engine.video_for_download(name.removesuffix(".mp4"))
+        redirect = self.engine.take_download_redirect()
+        if redirect is not None:
+            location = redirect.location or str(request.url)
+            log.info("redirecting the download of %s to %s", video.video_id, location)
+            return Response(status_code=redirect.status, headers={"location": location})
         return VideoFileResponse(self.engine, video, size, request.headers.get("range"))
 
     # -- admin ---------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 
 from kling.fake.content import DEFAULT_BYTES_PER_SECOND, video_size
 from kling.fake.errors import KlingError, bad_parameter, not_found
-from kling.fake.faults import CutDownloads, DropCreates, Faults
+from kling.fake.faults import CutDownloads, DropCreates, Faults, RedirectDownloads
 from kling.fake.params import KINDS, TEXT2VIDEO, VIDEO_EXTEND, CreateParams, parse_create
 from kling.fake.tasks import (
     FAILED,
@@ -73,6 +73,7 @@ class Stats:
     callbacks_failed: int = 0
     downloads_started: int = 0
     download_bytes: int = 0
+    downloads_redirected: int = 0
 
 
 class Engine:
@@ -265,6 +266,8 @@ class Engine:
     def list_tasks(self, kind: str, page_num: int, page_size: int) -> list[Task]:
         """A page of tasks of one kind, newest first (counted as a query)."""
         self.stats.queries += 1
+        if not self.faults.support_task_list:
+            raise not_found("no such route")  # a relay that does not offer the list
         if page_num < 1 or not 1 <= page_size <= MAX_PAGE_SIZE:
             raise bad_parameter(f"pageNum must be >= 1 and pageSize 1..{MAX_PAGE_SIZE}")
         if kind not in KINDS:
@@ -309,11 +312,13 @@ class Engine:
         task.status = SUCCEED
 
     def _change(self, task: Task) -> StatusChange:
-        body = render_task(task, self.base_url(task.origin))
+        body = render_task(task, self.base_url(task.origin), durations=self.faults.result_durations)
         return StatusChange(task.task_id, task.status, task.callback_url, body)
 
     def render(self, task: Task, request_base: str) -> dict[str, Any]:
-        return render_task(task, self.base_url(request_base))
+        return render_task(
+            task, self.base_url(request_base), durations=self.faults.result_durations
+        )
 
     # -- faults the shell carries out ------------------------------------------------------
 
@@ -330,6 +335,15 @@ class Engine:
         if knob.count <= 0:
             return None
         knob.count -= 1
+        return dataclasses.replace(knob)
+
+    def take_download_redirect(self) -> RedirectDownloads | None:
+        """Whether to answer this file request with a redirect (and where to)."""
+        knob = self.faults.redirect_next_downloads
+        if knob.count <= 0:
+            return None
+        knob.count -= 1
+        self.stats.downloads_redirected += 1
         return dataclasses.replace(knob)
 
     def stats_view(self) -> dict[str, Any]:

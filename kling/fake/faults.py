@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+RESULT_DURATIONS = ("whole", "segment", "missing")
+
 
 class FaultsError(ValueError):
     """A fault patch names an unknown knob or gives a value of the wrong kind."""
@@ -44,7 +46,9 @@ class DropCreates:
     """The next ``count`` creates are made and billed, then the reply is lost."""
 
     count: int = 0
-    mode: str = "reset"  # "reset": headers then a broken connection; "hang": answer late
+    # "reset": headers then a broken connection; "hang": answer late; "bad_gateway": a
+    # relay's HTTP 502 page in place of the reply
+    mode: str = "reset"
     hang_seconds: float = 60.0
 
 
@@ -65,6 +69,20 @@ class CutDownloads:
 
 
 @dataclass
+class RedirectDownloads:
+    """The next ``count`` file requests are answered ``status`` with ``Location: location``.
+
+    A redirecting file host (a CDN, or one sending the client somewhere it should not go).
+    ``location`` is sent as given; empty means the request's own URL, so ``count`` requests
+    in a row go round in a loop before the file is served.
+    """
+
+    count: int = 0
+    location: str = ""
+    status: int = 302
+
+
+@dataclass
 class Faults:
     """Every knob of the fake gateway, with the defaults of a well-behaved provider."""
 
@@ -73,11 +91,17 @@ class Faults:
     drop_next_creates: DropCreates = field(default_factory=DropCreates)
     fail_next_tasks: FailTasks = field(default_factory=FailTasks)
     cut_next_downloads: CutDownloads = field(default_factory=CutDownloads)
+    redirect_next_downloads: RedirectDownloads = field(default_factory=RedirectDownloads)
     require_parent_task_id: bool = False
-    support_external_task_id: bool = True
+    support_external_task_id: bool = True  # false: a relay that takes the field and drops it
+    support_task_list: bool = True  # false: the list endpoint answers 404
     callback_envelope: bool = False
     download_bytes_per_second: float | None = None
     ranges: bool = True
+    # "whole": result videos report the whole video's seconds, as the API says; "segment": an
+    # extension's result reports only the part it added (~4-5 s; files stay whole); "missing":
+    # result videos carry no duration at all.
+    result_durations: str = "whole"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,9 +180,22 @@ def _seconds(name: str, value: object) -> float:
 
 
 def _drop_mode(name: str, value: object) -> str:
-    if value not in ("reset", "hang"):
-        raise FaultsError(f"{name} must be 'reset' or 'hang'")
+    if value not in ("reset", "hang", "bad_gateway"):
+        raise FaultsError(f"{name} must be 'reset', 'hang' or 'bad_gateway'")
     return str(value)
+
+
+def _result_durations(name: str, value: object) -> str:
+    if value not in RESULT_DURATIONS:
+        raise FaultsError(f"{name} must be one of {', '.join(map(repr, RESULT_DURATIONS))}")
+    return str(value)
+
+
+def _redirect_status(name: str, value: object) -> int:
+    redirects = (301, 302, 303, 307, 308)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in redirects:
+        raise FaultsError(f"{name} must be a redirect status (301, 302, 303, 307 or 308)")
+    return value
 
 
 def _rate(name: str, value: object) -> float | None:
@@ -186,9 +223,12 @@ _SCHEMA: dict[str, Check | dict[str, Check]] = {
     "drop_next_creates": {"count": _count, "mode": _drop_mode, "hang_seconds": _seconds},
     "fail_next_tasks": {"count": _count, "message": _text},
     "cut_next_downloads": {"count": _count, "after_bytes": _count},
+    "redirect_next_downloads": {"count": _count, "location": _text, "status": _redirect_status},
     "require_parent_task_id": _flag,
     "support_external_task_id": _flag,
+    "support_task_list": _flag,
     "callback_envelope": _flag,
     "download_bytes_per_second": _rate,
     "ranges": _flag,
+    "result_durations": _result_durations,
 }

@@ -36,7 +36,9 @@ fault knobs (--faults and /_fake/faults):
   fail_next_creates {count, http_status, code, message},
   drop_next_creates {count, mode: reset|hang, hang_seconds},
   fail_next_tasks {count, message}, cut_next_downloads {count, after_bytes},
-  download_bytes_per_second, ranges, require_parent_task_id, support_external_task_id
+  redirect_next_downloads {count, location ("": the same URL), status},
+  download_bytes_per_second, ranges, require_parent_task_id, support_external_task_id,
+  result_durations: whole|segment|missing (how result videos report their length)
 """
 
 

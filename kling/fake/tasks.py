@@ -86,14 +86,17 @@ class Task:
         return self.status in TERMINAL
 
 
-def render_task(task: Task, base_url: str) -> dict[str, Any]:
-    """The task object of the provider's replies (``data``) and callbacks."""
+def render_task(task: Task, base_url: str, *, durations: str = "whole") -> dict[str, Any]:
+    """The task object of the provider's replies (``data``) and callbacks.
+
+    ``durations`` is the ``result_durations`` knob: how the result video's length is shown.
+    """
     info: dict[str, Any] = {}
     if task.parent is not None:
         info["parent_video"] = task.parent.as_dict(base_url)
     if task.external_task_id is not None:
         info["external_task_id"] = task.external_task_id
-    videos = [task.video.as_dict(base_url)] if task.video is not None else []
+    videos = [_result(task, task.video, base_url, durations)] if task.video is not None else []
     return {
         "task_id": task.task_id,
         "task_status": task.status,
@@ -103,6 +106,15 @@ def render_task(task: Task, base_url: str) -> dict[str, Any]:
         "created_at": millis(task.created_at),
         "updated_at": millis(task.updated_at),
     }
+
+
+def _result(task: Task, video: Video, base_url: str, durations: str) -> dict[str, str]:
+    shown = video.as_dict(base_url)
+    if durations == "missing":
+        del shown["duration"]
+    elif durations == "segment" and task.parent is not None:
+        shown["duration"] = duration_text(video.duration - task.parent.duration)
+    return shown
 
 
 def envelope(data: Any, *, code: int = 0, message: str = "SUCCEED") -> dict[str, Any]:

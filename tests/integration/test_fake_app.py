@@ -141,3 +141,31 @@ def test_callbacks_that_cannot_be_delivered_are_counted_not_fatal() -> None:
             data = client.get(f"/v1/videos/text2video/{task_id}").json()["data"]
             assert data["task_status"] == "succeed"
             assert client.get("/_fake/stats").json()["callbacks_sent"] == 0
+
+
+def test_redirecting_file_host() -> None:
+    with client_for(FakeConfig(bytes_per_second=4000)) as client:
+        client.post("/_fake/videos", json={"duration": 5, "video_id": "V"})
+        # An unknown file is still a 404, and does not use up a redirect
+        client.post("/_fake/faults", json={"redirect_next_downloads": {"count": 2}})
+        assert client.get("/files/nope.mp4", follow_redirects=False).status_code == 404
+
+        # Without a location: back to the same URL, `count` times, then the file
+        for _ in range(2):
+            reply = client.get("/files/V.mp4?sig=1", follow_redirects=False)
+            assert reply.status_code == 302
+            assert reply.headers["location"] == "http://gw.test/files/V.mp4?sig=1"
+        assert client.get("/files/V.mp4", follow_redirects=False).status_code == 200
+
+        # With one: there, with the status asked for (HEAD too)
+        where = "http://127.0.0.2:9/internal.mp4"
+        knob = {"count": 1, "location": where, "status": 307}
+        client.post("/_fake/faults", json={"redirect_next_downloads": knob})
+        reply = client.head("/files/V.mp4", follow_redirects=False)
+        assert (reply.status_code, reply.headers["location"]) == (307, where)
+        assert client.get("/files/V.mp4", follow_redirects=False).status_code == 200
+
+        stats = client.get("/_fake/stats").json()
+        assert (stats["downloads_redirected"], stats["downloads_started"]) == (3, 2)
+        faults = client.get("/_fake/faults").json()
+        assert faults["redirect_next_downloads"]["count"] == 0

@@ -498,6 +498,25 @@ def test_a_hung_reply_times_out_but_the_task_is_billed(gateway: Gateway) -> None
     assert gateway.stats()["creates_by_parent"] == {parent["video_id"]: 1}
 
 
+def test_a_bad_gateway_reply_is_a_502_page_but_the_task_is_billed(gateway: Gateway) -> None:
+    gateway.faults({"drop_next_creates": {"count": 1, "mode": "bad_gateway"}})
+    parent = gateway.seed()
+    reply = create(gateway, "video-extend", {"video_id": parent["video_id"]})
+    assert reply.status_code == 502
+    assert "Bad Gateway" in reply.text
+    assert gateway.stats()["creates_by_parent"] == {parent["video_id"]: 1}
+
+
+def test_a_relay_without_the_task_list_answers_404(gateway: Gateway) -> None:
+    parent = gateway.seed()
+    created(gateway, "video-extend", {"video_id": parent["video_id"]})
+    listed = gateway.client.get("/v1/videos/video-extend?pageNum=1&pageSize=10", headers=bearer())
+    assert len(listed.json()["data"]) == 1
+    gateway.faults({"support_task_list": False})
+    missing = gateway.client.get("/v1/videos/video-extend?pageNum=1&pageSize=10", headers=bearer())
+    assert error_of(missing) == (404, 1203)
+
+
 def test_unknown_paths_and_bad_knobs(gateway: Gateway) -> None:
     assert error_of(gateway.client.get("/v1/videos/nope/x", headers=bearer())) == (404, 1202)
     assert gateway.client.post("/_fake/faults", json={"nope": 1}).status_code == 400

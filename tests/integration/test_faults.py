@@ -160,14 +160,14 @@ def test_forged_callbacks_change_nothing(svc: Service) -> None:
     }
     secret = svc.env["CALLBACK_SECRET"].encode()
     good = tokens.sign(secret, chain["id"], 0)
-    bad = requests.post(
+    bad = svc.http.post(
         f"{svc.api}/callbacks/{chain['id']}/0/{'x' * len(good)}", json=forged, timeout=5
     )
     assert bad.status_code == 403
-    junk = requests.post(f"{svc.api}/callbacks/{chain['id']}/0/{good}", data=b"{oops", timeout=5)
+    junk = svc.http.post(f"{svc.api}/callbacks/{chain['id']}/0/{good}", data=b"{oops", timeout=5)
     assert junk.status_code == 400
     # Even with a valid token the body is only a hint: the worker asks the provider.
-    hint = requests.post(f"{svc.api}/callbacks/{chain['id']}/0/{good}", json=forged, timeout=5)
+    hint = svc.http.post(f"{svc.api}/callbacks/{chain['id']}/0/{good}", json=forged, timeout=5)
     assert hint.status_code == 200
     final = svc.wait(chain["id"])
     assert final["status"] == "succeeded"
@@ -215,7 +215,7 @@ def test_lost_create_reply_is_looked_up_never_paid_twice(svc: Service, mode: str
     assert_promise_kept(svc, final, steps=3)
 
 
-def test_without_external_ids_a_lost_reply_stops_for_attention(
+def test_without_external_ids_a_lost_reply_is_found_in_the_task_list(
     tmp_path_factory: pytest.TempPathFactory, redis_url: str
 ) -> None:
     svc = start_service(
@@ -227,15 +227,81 @@ def test_without_external_ids_a_lost_reply_stops_for_attention(
         **FAST,
     )
     try:
-        svc.faults(drop_next_creates={"count": 1, "mode": "reset"})
-        final = svc.wait(start_chain(svc)["id"], timeout=30)
-        assert final["status"] == "failed"
-        assert final["steps"][0]["status"] == "attention"
-        assert "billed" in final["error"]
+        # The task list finds the lost task (tests/integration/test_lost_creates.py has the
+        # provider that cannot tell, where the step stops for attention instead).
+        svc.faults(callbacks={"drop": 1}, drop_next_creates={"count": 1, "mode": "reset"})
+        final = svc.wait(start_chain(svc)["id"], timeout=60)
+        assert_promise_kept(svc, final, steps=3)
         time.sleep(3)
-        assert svc.stats()["creates_total"] == 1
+        assert svc.stats()["creates_total"] == 3
     finally:
         stop_service(svc)
+
+
+# -- durations the provider gets wrong ------------------------------------------------------------
+START_FROM = {
+    "a video of known length": {"source_duration": 5.0},
+    "a video of unknown length": {},
+    "text": None,
+}
+
+
+def start_toward(svc: Service, start: dict[str, Any] | None, target: float) -> dict[str, Any]:
+    if start is None:
+        return svc.create({"text_prompt": "a fox in the snow", "target_seconds": target})
+    seed = svc.seed(5.0)
+    body = {"video_id": seed["video_id"], "task_id": seed["task_id"], "target_seconds": target}
+    return svc.create(body | start)
+
+
+@pytest.mark.parametrize("start", list(START_FROM))
+def test_a_relay_reporting_only_the_added_segment_stops_after_one_paid_extension(
+    svc: Service, start: str
+) -> None:
+    # Given a relay whose extension results report only the seconds they added (the video
+    # never seems to grow), and a chain toward 60 s with no step count
+    svc.faults(result_durations="segment")
+    chain = start_toward(svc, START_FROM[start], 60.0)
+    # When the first extension comes back "4.x s long" from a 5 s parent
+    final = svc.wait(chain["id"], timeout=30)
+    # Then the chain fails after paying for one extension, and never pays again
+    assert final["status"] == "failed", final
+    assert svc.stats()["creates_by_kind"].get("video-extend") == 1, final["error"]
+    time.sleep(3)  # longer than a lease and a sweep: nothing is submitted after the failure
+    assert svc.stats()["creates_total"] == (2 if start == "text" else 1)
+    assert svc.chain(chain["id"])["steps"] == final["steps"]
+    # with a message naming both durations
+    extension = final["steps"][-1]
+    assert (extension["kind"], extension["status"]) == ("video-extend", "failed")
+    reported = extension["duration"]
+    assert reported is not None
+    assert 4.0 <= reported <= 5.0
+    assert f"{reported:.1f} s" in final["error"], final["error"]
+    assert "its parent was 5.0 s" in final["error"], final["error"]
+    # and the extension that was paid for is still archived whole
+    entry = final["archive"][-1]
+    assert (entry["video_id"], entry["status"]) == (extension["video_id"], "done")
+    assert sha256_file(svc.archive / f"{entry['video_id']}.mp4") == svc.gateway_sha256(
+        entry["video_id"]
+    )
+
+
+@pytest.mark.parametrize("start", list(START_FROM))
+def test_a_relay_reporting_no_durations_fails_the_chain_before_paying_again(
+    svc: Service, start: str
+) -> None:
+    # Given a relay whose results carry no duration at all
+    svc.faults(result_durations="missing")
+    chain = start_toward(svc, START_FROM[start], 60.0)
+    # When the first result comes back
+    final = svc.wait(chain["id"], timeout=30)
+    # Then the chain fails on that step (text2video or extension), and pays for nothing more
+    assert final["status"] == "failed", final
+    assert [s["status"] for s in final["steps"]] == ["failed"]
+    assert "no duration" in final["error"], final["error"]
+    time.sleep(3)
+    assert svc.stats()["creates_total"] == 1
+    assert [a["status"] for a in final["archive"]] == ["done"]
 
 
 # -- crashes -----------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import pytest
 
 from kling.models import Task, TaskStatus, Video
@@ -27,7 +30,9 @@ from worker.chain import (
     TaskUpdate,
     Verdict,
     apply,
+    duration_doubt,
     end_reason_after,
+    extension_ceiling,
     fits_under_cap,
     new_chain,
     schedule,
@@ -38,8 +43,14 @@ LEASE = 60.0
 
 
 def task(
-    status: TaskStatus, *, task_id: str = "t0", video: str = "v1", duration: float = 9.5
+    status: TaskStatus,
+    *,
+    task_id: str = "t0",
+    video: str = "v1",
+    duration: float | None = 9.5,
+    parent: float | None = None,
 ) -> Task:
+    """A query reply; ``parent`` is the duration its ``task_info.parent_video`` reports."""
     videos = (Video(video, f"https://cdn.example/{video}.mp4", duration),)
     return Task(
         task_id,
@@ -47,6 +58,7 @@ def task(
         status_msg="blocked by content safety" if status is TaskStatus.FAILED else None,
         created_at_ms=int(NOW * 1000),
         videos=videos if status is TaskStatus.SUCCEED else (),
+        parent_video=None if parent is None else Video("p", "https://cdn.example/p.mp4", parent),
     )
 
 
@@ -191,10 +203,65 @@ def test_cap_arithmetic(duration: float, fits: bool) -> None:
         (Spec(steps=3, target_seconds=15), 15.5, 2, EndReason.TARGET_REACHED),
         (Spec(steps=2, target_seconds=50), 20.0, 2, EndReason.STEPS_DONE),
         (Spec(steps=5), 179.0, 5, EndReason.STEPS_DONE),
+        # the ceiling: ceil((180 - 5) / 4) = 44 extensions from a 5 s start, 45 from unknown
+        (Spec(target_seconds=180, source_duration=5), 137.0, 43, None),
+        (Spec(target_seconds=180, source_duration=5), 137.0, 44, EndReason.CAP_REACHED),
+        (Spec(target_seconds=180), 140.0, 44, None),
+        (Spec(target_seconds=180), 140.0, 45, EndReason.CAP_REACHED),
+        (Spec(steps=44, source_duration=5), 137.0, 44, EndReason.STEPS_DONE),
+        (Spec(target_seconds=137, source_duration=5), 137.0, 44, EndReason.TARGET_REACHED),
     ],
 )
 def test_end_reason(spec: Spec, duration: float, done: int, reason: EndReason | None) -> None:
     assert end_reason_after(spec, duration, done) is reason
+
+
+@pytest.mark.parametrize(
+    ("start", "ceiling"),
+    [
+        (None, 45),  # unknown: counted from 0 s
+        (0.0, 45),
+        (4.0, 44),  # 176 / 4 = 44 exactly
+        (5.0, 44),  # 175 / 4 = 43.75
+        (10.0, 43),
+        (100.0, 20),
+        (175.0, 2),
+        (176.0, 1),
+        (179.9, 1),
+        (180.0, 0),
+    ],
+)
+def test_extension_ceiling(start: float | None, ceiling: int) -> None:
+    assert extension_ceiling(start) == ceiling
+    if start is not None:
+        assert ceiling == max(0, -(-(180 - start) // 4))
+
+
+@pytest.mark.parametrize(
+    ("duration", "parent", "extension", "doubted"),
+    [
+        (9.5, 5.0, True, None),
+        (8.0, 5.0, True, None),  # 3.0 s is the least growth believed
+        (7.9, 5.0, True, "reports the extended video as 7.9 s, its parent was 5.0 s"),
+        (4.6, 5.0, True, "as 4.6 s, its parent was 5.0 s"),  # a relay showing the segment only
+        (10.1, 10.1, True, "as 10.1 s, its parent was 10.1 s"),  # or the parent's length again
+        (4.6, None, True, None),  # nothing to compare with: believed
+        (None, 5.0, True, "no duration for the extended video (its parent was 5.0 s)"),
+        (None, None, True, "no duration for the extended video (its parent was of unknown"),
+        (5.0, None, False, None),  # a text2video video has no parent
+        (None, None, False, "no duration for the video:"),
+    ],
+)
+def test_duration_doubt(
+    duration: float | None, parent: float | None, extension: bool, doubted: str | None
+) -> None:
+    doubt = duration_doubt(duration, parent, extension=extension)
+    if doubted is None:
+        assert doubt is None
+    else:
+        assert doubt is not None
+        assert doubted in doubt
+        assert "stop" in doubt
 
 
 def test_forty_steps_stop_at_the_cap_and_never_submit_past_it() -> None:
@@ -216,6 +283,121 @@ def test_forty_steps_stop_at_the_cap_and_never_submit_past_it() -> None:
     assert c.duration <= 180.0
 
 
+def run(c: Chain, durations: list[float | None], *, parent: float | None = None) -> Chain:
+    """Submit and finish steps while the chain asks for them, reporting ``durations`` in turn."""
+    for i, duration in enumerate(durations):
+        if c.end_reason or c.error or i >= len(c.steps):
+            break
+        c = apply(c, Claim(i, "w", LEASE), NOW).chain
+        c = apply(c, Submitted(i, task(TaskStatus.SUBMITTED, task_id=f"t{i}")), NOW).chain
+        done = task(
+            TaskStatus.SUCCEED, task_id=f"t{i}", video=f"v{i + 1}", duration=duration, parent=parent
+        )
+        c = apply(c, TaskUpdate(i, done), NOW).chain
+    return c
+
+
+@pytest.mark.parametrize(
+    ("spec", "first", "extensions"),
+    [
+        (Spec(video_id="v0", source_duration=5.0), 8.0, 44),  # ceil(175 / 4)
+        (Spec(video_id="v0", source_duration=100.0), 103.0, 20),  # ceil(80 / 4)
+        (Spec(video_id="v0"), 8.0, 44),  # start unknown: the first result, 1 + ceil(172 / 4)
+        (Spec(text_prompt="a fox"), 5.0, 44),  # the text2video video is the start
+    ],
+)
+def test_durations_that_grow_too_slowly_to_reach_the_target_stop_at_the_ceiling(
+    spec: Spec, first: float, extensions: int
+) -> None:
+    # Given a chain toward 180 s with no step count, whose every extension is reported to add
+    # 3.0 s: believable one by one, but the video never gets near the cap
+    spec = replace(spec, target_seconds=180.0)
+    durations: list[float | None] = [round(first + 3.0 * i, 1) for i in range(100)]
+    # When it runs as long as it asks for more
+    c = run(new_chain("c", spec, NOW), durations)
+    # Then it pays for exactly ceil((180 - start) / 4) extensions and ends cap_reached
+    paid = [s for s in c.steps if s.kind == "video-extend"]
+    assert len(paid) == extensions
+    assert all(s.status is S.SUCCEED for s in c.steps)
+    assert (c.end_reason, c.error) == (EndReason.CAP_REACHED, None)
+    assert c.duration is not None
+    assert fits_under_cap(c.duration), "the 180 s cap alone would not have stopped it"
+
+
+def test_honest_durations_never_meet_the_ceiling() -> None:
+    # Every real extension adds 4-5 s: the 180 s cap stops those chains first.
+    for start in (0.5, 5.0, 10.0, 97.3):
+        c = run(
+            new_chain("c", Spec(video_id="v0", source_duration=start, target_seconds=180), NOW),
+            [round(start + 4.0 * (i + 1), 1) for i in range(60)],
+        )
+        assert c.end_reason is EndReason.CAP_REACHED
+        assert c.duration is not None
+        assert not fits_under_cap(c.duration)
+
+
+@pytest.mark.parametrize(
+    ("start", "durations", "parent", "failed_step", "named"),
+    [
+        # the first step's parent: the user's source_duration, else the reply's parent_video
+        ({"source_duration": 5.0}, [4.6], None, 0, "as 4.6 s, its parent was 5.0 s"),
+        ({}, [4.6], 5.0, 0, "as 4.6 s, its parent was 5.0 s"),
+        ({"source_duration": 5.0}, [7.0], 3.0, 0, "as 7.0 s, its parent was 5.0 s"),
+        # later steps: the length the chain recorded for the step before, over the reply's
+        ({}, [9.8, 10.1], None, 1, "as 10.1 s, its parent was 9.8 s"),
+        ({}, [9.8, 12.0], 4.5, 1, "as 12.0 s, its parent was 9.8 s"),
+        ({}, [9.8, 14.3, 14.3], None, 2, "as 14.3 s, its parent was 14.3 s"),
+        ({"source_duration": 5.0}, [9.8, None], None, 1, "no duration for the extended video"),
+        ({"text_prompt": "a fox"}, [None], None, 0, "no duration for the video"),
+        ({"text_prompt": "a fox"}, [5.0, 4.4], None, 1, "as 4.4 s, its parent was 5.0 s"),
+    ],
+)
+def test_an_unbelievable_duration_fails_the_chain_before_it_pays_again(
+    start: dict[str, Any],
+    durations: list[float | None],
+    parent: float | None,
+    failed_step: int,
+    named: str,
+) -> None:
+    # Given a chain toward 60 s with no step count, whose provider reports `durations`
+    source = None if "text_prompt" in start else "v0"
+    spec = Spec(video_id=source, target_seconds=60.0, **start)
+    # When they come in
+    c = run(new_chain("c", spec, NOW), [*durations, 30.0, 35.0], parent=parent)
+    # Then the doubted step fails the chain, naming both lengths, and nothing more is asked for
+    assert len(c.steps) == failed_step + 1
+    step = c.steps[failed_step]
+    assert step.status is S.FAILED
+    assert named in (step.error or "")
+    assert c.error == f"step {failed_step}: {step.error}"
+    assert c.error.endswith("stopping before paying for more")
+    assert not [
+        k for k in schedule(c, poll_after=1, submit_lease=1, archive_lease=1) if "submit" in k
+    ]
+    # and the duration shown is the last believed one, while the doubted video is still kept
+    believed = durations[:failed_step]
+    assert c.duration == (believed[-1] if believed else spec.source_duration)
+    assert (step.video_id, step.duration) == (f"v{failed_step + 1}", durations[failed_step])
+    assert [a.video_id for a in c.archive][-1] == step.video_id
+    assert c.status is ChainStatus.RUNNING  # until that video is archived
+    for entry in c.archive:
+        c = apply(c, Archived(entry.video_id, f"/a/{entry.video_id}.mp4", 1, "x"), NOW).chain
+    assert c.status is ChainStatus.FAILED
+    assert Chain.from_json(c.to_json()) == c
+
+
+def test_the_doubting_update_asks_only_for_the_archive() -> None:
+    c = chain_at(S.PROCESSING)  # source_duration 5.0
+    out = apply(c, TaskUpdate(0, task(TaskStatus.SUCCEED, duration=5.0)), NOW + 1)
+    assert out.actions == [ArchiveVideo("v1")]
+    assert out.chain.end_reason is None
+    # a duplicate of the same reply changes nothing
+    assert (
+        apply(out.chain, TaskUpdate(0, task(TaskStatus.SUCCEED, duration=5.0)), NOW + 2).chain
+        == out.chain
+    )
+
+
 def test_prompts_apply_per_step_then_fall_back_to_prompt() -> None:
     c = new_chain("c", Spec(video_id="v0", prompts=["a", "b"], prompt="z", steps=3), NOW)
     prompts = []
@@ -223,7 +405,7 @@ def test_prompts_apply_per_step_then_fall_back_to_prompt() -> None:
         prompts.append(c.steps[i].prompt)
         c = apply(c, Claim(i, "w", LEASE), NOW).chain
         c = apply(c, Submitted(i, task(TaskStatus.SUBMITTED, task_id=f"t{i}")), NOW).chain
-        ok = task(TaskStatus.SUCCEED, task_id=f"t{i}", video=f"v{i + 1}", duration=10.0 + i)
+        ok = task(TaskStatus.SUCCEED, task_id=f"t{i}", video=f"v{i + 1}", duration=10.0 + 4.5 * i)
         c = apply(c, TaskUpdate(i, ok), NOW).chain
     assert prompts == ["a", "b", "z"]
     assert c.end_reason is EndReason.STEPS_DONE

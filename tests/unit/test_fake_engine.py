@@ -10,6 +10,7 @@ import pytest
 
 from kling.fake.content import (
     BLOCK_SIZE,
+    DEFAULT_BYTES_PER_SECOND,
     ByteRange,
     RangeNotSatisfiable,
     parse_range,
@@ -155,6 +156,42 @@ def test_generation_tasks_make_videos_of_the_requested_duration(
 
 
 # -- durations and the 3-minute cap ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("knob", "extension_shows", "text_shows"),
+    [
+        ("whole", "whole", "5.0"),
+        ("segment", "added", "5.0"),  # a text2video video has no parent: all of it is "added"
+        ("missing", None, None),
+    ],
+)
+def test_result_durations_knob_changes_only_what_results_report(
+    clock: FakeClock, knob: str, extension_shows: str | None, text_shows: str | None
+) -> None:
+    # Given a gateway whose results report durations the `knob` way, and two finished tasks
+    engine = make_engine(clock, result_durations=knob)
+    parent = engine.seed_video(10.0)
+    extension = engine.create("video-extend", {"video_id": parent.video_id}, origin="http://gw")
+    text = engine.create("text2video", {"prompt": "x"})
+    clock.now += DELAY
+    changes = engine.tick()
+    assert extension.video is not None
+    added = extension_seconds(extension.task_id)
+    wanted = {"whole": f"{10.0 + added:.1f}", "added": f"{added:.1f}"}
+    # When they are queried (or called back: the body is the same object)
+    data = engine.render(extension, "http://gw")
+    [shown] = data["task_result"]["videos"]
+    [text_shown] = engine.render(text, "http://gw")["task_result"]["videos"]
+    # Then only the result videos' durations change ...
+    assert shown.get("duration") == (wanted[extension_shows] if extension_shows else None)
+    assert text_shown.get("duration") == text_shows
+    assert data["task_info"]["parent_video"]["duration"] == "10.0"
+    assert [c.body for c in changes if c.task_id == extension.task_id][-1] == data
+    # ... while the video itself (its file, what it can be extended to) stays whole
+    assert extension.video.duration == round(10.0 + added, 1)
+    _, size = engine.video_for_download(extension.video.video_id)
+    assert size == video_size(extension.video.duration, DEFAULT_BYTES_PER_SECOND)
 
 
 @pytest.mark.parametrize("task_id", ["a", "task_1", "Zk3-_x", "x" * 100])

@@ -19,6 +19,12 @@ def test_defaults_are_a_well_behaved_provider() -> None:
     assert knobs["ranges"] is True
     assert knobs["download_bytes_per_second"] is None
     assert knobs["fail_next_creates"]["count"] == 0
+    assert knobs["result_durations"] == "whole"
+
+
+@pytest.mark.parametrize("value", ["whole", "segment", "missing"])
+def test_result_durations_takes_its_three_values(value: str) -> None:
+    assert Faults().merged({"result_durations": value}).result_durations == value
 
 
 def test_a_patch_changes_only_the_fields_it_gives() -> None:
@@ -56,6 +62,9 @@ def test_null_puts_a_nested_knob_back_to_its_defaults() -> None:
         {"download_bytes_per_second": 0},
         {"ranges": "yes"},
         {"require_parent_task_id": None},
+        {"result_durations": "parts"},
+        {"result_durations": None},
+        {"result_durations": True},
     ],
 )
 def test_bad_patches_are_refused_whole(patch: object) -> None:
@@ -65,3 +74,36 @@ def test_bad_patches_are_refused_whole(patch: object) -> None:
     with pytest.raises(FaultsError):
         knobs.merged({"callbacks": {"duplicate": 5}, "zzz": patch})
     assert knobs.to_dict() == Faults().to_dict()
+
+
+def test_redirect_next_downloads_is_off_by_default_and_merges_its_fields() -> None:
+    assert Faults().to_dict()["redirect_next_downloads"] == {
+        "count": 0,
+        "location": "",
+        "status": 302,
+    }
+    armed = Faults().merged(
+        {"redirect_next_downloads": {"count": 2, "location": "http://127.0.0.2:9/x.mp4"}}
+    )
+    knob = armed.redirect_next_downloads
+    assert (knob.count, knob.location, knob.status) == (2, "http://127.0.0.2:9/x.mp4", 302)
+    assert armed.merged({"redirect_next_downloads": {"status": 307}}).redirect_next_downloads == (
+        type(knob)(count=2, location="http://127.0.0.2:9/x.mp4", status=307)
+    )
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"redirect_next_downloads": {"status": 200}},
+        {"redirect_next_downloads": {"status": 304}},
+        {"redirect_next_downloads": {"status": True}},
+        {"redirect_next_downloads": {"count": -1}},
+        {"redirect_next_downloads": {"location": 5}},
+        {"redirect_next_downloads": {"where": "x"}},
+        {"redirect_next_downloads": "http://x/"},
+    ],
+)
+def test_bad_redirect_patches_are_refused(patch: object) -> None:
+    with pytest.raises(FaultsError, match="redirect_next_downloads"):
+        Faults().merged(patch)

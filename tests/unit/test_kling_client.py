@@ -474,6 +474,66 @@ def test_unreadable_answer_to_a_create_is_ambiguous(
         client.create_extend(EXTEND)
 
 
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        # A proxy or gateway answered for the provider: the create may have gone on.
+        (raw_reply(502, b"<html>Bad Gateway</html>"), AmbiguousCreate),
+        (raw_reply(504, b"<html>Gateway Timeout</html>"), AmbiguousCreate),
+        (json_reply(504, {"code": 5002, "message": "server timeout"}), AmbiguousCreate),
+        (json_reply(200, {"code": 5002, "message": "backlog"}), AmbiguousCreate),
+        # The provider refused before doing anything: a plain retry.
+        (raw_reply(503, b"maintenance"), RetryableError),
+        (json_reply(503, {"code": 5001, "message": "unavailable"}), RetryableError),
+        (json_reply(429, {"code": 1303, "message": "parallel task over limit"}), RetryableError),
+        (json_reply(500, {"code": 5000, "message": "internal"}), RetryableError),
+    ],
+)
+def test_a_create_answered_by_a_timeout_or_a_gateway_error_may_have_been_billed(
+    server: LoopbackServer, client: KlingClient, reply: Reply, expected: type[KlingError]
+) -> None:
+    server.script(reply)
+
+    with pytest.raises(KlingError) as caught:
+        client.create_extend(EXTEND)
+
+    assert type(caught.value) is expected
+    assert len(server.received) == 1
+
+
+def test_the_same_replies_to_a_query_are_plain_retries(
+    server: LoopbackServer, client: KlingClient
+) -> None:
+    server.script(raw_reply(502, b"bad gateway"), json_reply(504, {"code": 5002, "message": "t"}))
+
+    for _ in range(2):
+        with pytest.raises(RetryableError) as caught:
+            client.get_extend("task-2")
+        assert type(caught.value) is RetryableError
+
+
+def test_list_tasks_reads_a_page_newest_first(server: LoopbackServer, client: KlingClient) -> None:
+    server.script(json_reply(200, {"code": 0, "data": [SUCCEEDED, SUBMITTED]}))
+
+    tasks = client.list_tasks(TaskKind.VIDEO_EXTEND, page=2, page_size=50)
+
+    assert [t.status for t in tasks] == [TaskStatus.SUCCEED, TaskStatus.SUBMITTED]
+    assert server.received[0].path == "/kling/v1/videos/video-extend?pageNum=2&pageSize=50"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"code": 0, "data": {"task_id": "t"}}, {"code": 0, "data": [1]}, {"code": 0}],
+)
+def test_an_unreadable_list_page_is_malformed(
+    server: LoopbackServer, client: KlingClient, body: dict[str, Any]
+) -> None:
+    server.script(json_reply(200, body))
+
+    with pytest.raises(MalformedReply):
+        client.list_tasks(TaskKind.VIDEO_EXTEND)
+
+
 def test_redirects_are_not_followed(server: LoopbackServer, client: KlingClient) -> None:
     server.script(raw_reply(301, b"", headers={"Location": "https://gw.example/kling/v1/x"}))
 

@@ -16,11 +16,12 @@ from kling.errors import (
     AccountError,
     AmbiguousCreate,
     KlingError,
+    NotFound,
     PermanentError,
     RetryableError,
 )
 from kling.models import ExtendRequest, Task, TaskKind, TaskStatus, Text2VideoRequest, Video
-from worker.archiver import Archiver
+from worker.archiver import MAX_TASK_QUERIES, Archiver
 from worker.chain import Claim, Spec, StepStatus, new_chain
 from worker.runner import ARCHIVE_TASK, SUBMIT_TASK, Runner
 from worker.settings import Settings
@@ -28,25 +29,47 @@ from worker.storage.local import LocalStorage
 from worker.store import Store, Timing
 from worker.videos import Videos
 
+NOW = 2_000_000_000.0
+
+
+class NotBilled(AmbiguousCreate):
+    """A create whose reply was lost before it reached the provider: nothing was made."""
+
 
 @dataclass
 class ScriptedProvider:
-    """Answers creates from a script; remembers what it was asked."""
+    """Answers creates from a script; remembers what it was asked.
+
+    ``keeps_external_ids=False`` is a relay that accepts ``external_task_id`` and drops it;
+    ``lists=False`` one without the task list.
+    """
 
     script: list[KlingError | None] = field(default_factory=list)
     creates: list[dict[str, Any]] = field(default_factory=list)
     tasks: dict[str, Task] = field(default_factory=dict)
     lookups: int = 0
+    listings: int = 0
     land_before_error: bool = False
+    keeps_external_ids: bool = True
+    lists: bool = True
+    base_url: str = "https://gw.example/kling"
 
     def create(self, kind: TaskKind, request: ExtendRequest | Text2VideoRequest) -> Task:
         outcome = self.script.pop(0) if self.script else None
-        billed = outcome is None or isinstance(outcome, AmbiguousCreate) or self.land_before_error
+        lost = isinstance(outcome, AmbiguousCreate) and not isinstance(outcome, NotBilled)
+        billed = outcome is None or lost or self.land_before_error
         if billed:
+            parent = (
+                Video(request.video_id, f"https://cdn.example/{request.video_id}.mp4", 5.0)
+                if isinstance(request, ExtendRequest)
+                else None
+            )
             task = Task(
                 f"t{len(self.tasks)}",
                 TaskStatus.SUBMITTED,
-                external_task_id=request.external_task_id,
+                created_at_ms=int(NOW * 1000),
+                external_task_id=request.external_task_id if self.keeps_external_ids else None,
+                parent_video=parent,
             )
             self.tasks[task.task_id] = task
             self.creates.append({"kind": kind, "external": request.external_task_id})
@@ -55,6 +78,8 @@ class ScriptedProvider:
         return task
 
     def get(self, kind: TaskKind, task_id: str) -> Task:
+        if task_id not in self.tasks:
+            raise NotFound(f"task {task_id} not found", code=1203)
         return self.tasks[task_id]
 
     def find_by_external_id(self, kind: TaskKind, external_task_id: str) -> Task | None:
@@ -63,6 +88,13 @@ class ScriptedProvider:
             if task.external_task_id == external_task_id:
                 return task
         return None
+
+    def list_tasks(self, kind: TaskKind, *, page: int = 1, page_size: int = 100) -> list[Task]:
+        self.listings += 1
+        if not self.lists:
+            raise NotFound("no such route", http_status=404)
+        newest_first = list(reversed(self.tasks.values()))
+        return newest_first[(page - 1) * page_size : page * page_size]
 
 
 @dataclass
@@ -73,7 +105,7 @@ class Rig:
     queued: list[tuple[str, tuple[Any, ...]]]
 
     def chain(self, **spec: Any) -> str:
-        c = new_chain("c1", Spec(**{"video_id": "v0", "task_id": "p0", "steps": 2, **spec}), 1000.0)
+        c = new_chain("c1", Spec(**{"video_id": "v0", "task_id": "p0", "steps": 2, **spec}), NOW)
         self.store.create(c)
         return c.id
 
@@ -89,6 +121,7 @@ def make_rig(tmp_path: Path, provider: ScriptedProvider, **settings: Any) -> Rig
         fakeredis.FakeRedis(),
         prefix="t:",
         timing=Timing(poll_after=120, submit_lease=60, archive_lease=600),
+        clock=lambda: NOW,
     )
     queued: list[tuple[str, tuple[Any, ...]]] = []
 
@@ -97,7 +130,7 @@ def make_rig(tmp_path: Path, provider: ScriptedProvider, **settings: Any) -> Rig
 
     videos = Videos(store.redis, prefix="t:")
     archiver = Archiver(s, LocalStorage(tmp_path), videos, provider, enqueue)  # type: ignore[arg-type]
-    runner = Runner(s, store, provider, enqueue, archiver)  # type: ignore[arg-type]
+    runner = Runner(s, store, provider, enqueue, archiver, clock=lambda: NOW)  # type: ignore[arg-type]
     return Rig(runner, store, provider, queued)
 
 
@@ -136,8 +169,20 @@ def test_lost_reply_where_nothing_landed_is_sent_again_with_the_same_external_id
     assert "connection refused" in (rig.store.get(cid).waiting or "")
 
 
-def test_without_external_ids_a_lost_reply_needs_attention(tmp_path: Path) -> None:
+def test_without_external_ids_a_lost_reply_is_found_in_the_task_list(tmp_path: Path) -> None:
     rig = make_rig(tmp_path, ScriptedProvider(), kling_external_task_id=False)
+    cid = rig.chain()
+    rig.provider.script = [AmbiguousCreate("connection reset")]
+    rig.runner.submit(cid, 0, owner="a")
+    rig.runner.submit(cid, 0, owner="a", attempt=1)
+    step = rig.store.get(cid).step(0)
+    assert (step.status, step.task_id) == (StepStatus.SUBMITTED, "t0")
+    assert rig.provider.lookups == 0
+    assert len(rig.provider.creates) == 1
+
+
+def test_without_external_ids_or_a_task_list_a_lost_reply_needs_attention(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedProvider(lists=False), kling_external_task_id=False)
     cid = rig.chain()
     rig.provider.script = [AmbiguousCreate("connection reset")]
     rig.runner.submit(cid, 0, owner="a")
@@ -146,6 +191,130 @@ def test_without_external_ids_a_lost_reply_needs_attention(tmp_path: Path) -> No
     assert chain.step(0).status is StepStatus.ATTENTION
     assert chain.status.value == "failed"
     assert "billed" in (chain.error or "")
+    assert "kc-c1-0" in (chain.error or "")  # what to look for in the account's task list
+    assert len(rig.provider.creates) == 1
+
+
+def lose_a_create(rig: Rig, cid: str, index: int, error: KlingError) -> None:
+    rig.provider.script = [error]
+    assert rig.runner.submit(cid, index, owner="a") is not None  # comes back to reconcile
+    rig.runner.submit(cid, index, owner="a", attempt=1)
+
+
+def learn_the_provider(rig: Rig) -> None:
+    """One create whose reply came home: the runner checks what the provider can be asked."""
+    other = new_chain("c0", Spec(video_id="v9", task_id="p9", steps=1), NOW)
+    rig.store.create(other)
+    rig.runner.submit("c0", 0, owner="z")
+
+
+def test_a_relay_that_drops_external_ids_never_gets_paid_twice(tmp_path: Path) -> None:
+    # Given a relay that accepts external_task_id, drops it and answers lookups with 404
+    rig = make_rig(tmp_path, ScriptedProvider(keeps_external_ids=False))
+    learn_the_provider(rig)
+    cid = rig.chain()
+    # When the first create's reply is lost (the task was made and billed)
+    lose_a_create(rig, cid, 0, AmbiguousCreate("connection reset"))
+    # Then the task list finds it: recorded, not sent again
+    step = rig.store.get(cid).step(0)
+    assert (step.status, step.task_id) == (StepStatus.SUBMITTED, "t1")
+    assert [c["external"] for c in rig.provider.creates] == ["kc-c0-0", "kc-c1-0"]
+
+
+def test_a_404_from_a_provider_proven_to_answer_lookups_means_not_created(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedProvider())
+    learn_the_provider(rig)
+    cid = rig.chain()
+    lose_a_create(rig, cid, 0, NotBilled("connection reset"))
+    step = rig.store.get(cid).step(0)
+    assert step.status is StepStatus.SUBMITTED
+    assert len(rig.provider.creates) == 2  # c0's step and this one, each once
+    assert rig.provider.listings == 2  # once while learning, once to cross-check the 404
+
+
+def test_a_provider_that_stops_keeping_external_ids_is_caught_by_the_list(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedProvider())
+    learn_the_provider(rig)  # external-id lookups proven to work
+    rig.provider.keeps_external_ids = False  # the gateway changed its upstream since
+    cid = rig.chain()
+    lose_a_create(rig, cid, 0, AmbiguousCreate("connection reset"))
+    step = rig.store.get(cid).step(0)
+    assert (step.status, step.task_id) == (StepStatus.SUBMITTED, "t1")
+    assert len(rig.provider.creates) == 2
+
+
+def test_a_404_from_an_unproven_provider_proves_nothing(tmp_path: Path) -> None:
+    # No create of ours has come home yet: neither lookups nor the list are proven.
+    rig = make_rig(tmp_path, ScriptedProvider())
+    cid = rig.chain()
+    lose_a_create(rig, cid, 0, NotBilled("connection reset"))
+    chain = rig.store.get(cid)
+    assert chain.step(0).status is StepStatus.ATTENTION
+    assert "has not yet been seen to list" in (chain.error or "")
+    assert rig.provider.creates == []
+
+
+def test_a_proven_task_list_read_past_the_window_means_not_created(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedProvider(keeps_external_ids=False))
+    learn_the_provider(rig)
+    cid = rig.chain()
+    lose_a_create(rig, cid, 0, NotBilled("502 from the gateway"))
+    assert rig.store.get(cid).step(0).status is StepStatus.SUBMITTED
+    assert len(rig.provider.creates) == 2
+
+
+def test_two_candidates_in_the_list_need_a_person(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedProvider(keeps_external_ids=False))
+    learn_the_provider(rig)
+    cid = rig.chain()
+    # Someone else extended the same parent video meanwhile
+    rig.provider.tasks["x1"] = Task(
+        "x1",
+        TaskStatus.PROCESSING,
+        created_at_ms=int(NOW * 1000),
+        parent_video=Video("v0", "https://cdn.example/v0.mp4", 5.0),
+    )
+    lose_a_create(rig, cid, 0, AmbiguousCreate("read timed out"))
+    chain = rig.store.get(cid)
+    assert chain.step(0).status is StepStatus.ATTENTION
+    assert "2 tasks that could be this step's" in (chain.error or "")
+    assert len(rig.provider.creates) == 2
+
+
+def test_a_task_another_step_recorded_is_never_taken(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedProvider(keeps_external_ids=False))
+    learn_the_provider(rig)
+    cid = rig.chain()
+    rig.provider.script = [NotBilled("reset")]
+    rig.runner.submit(cid, 0, owner="a")
+    # A second chain on the same parent video records its own task meanwhile
+    twin = new_chain("c2", Spec(video_id="v0", task_id="p0", steps=1), NOW)
+    rig.store.create(twin)
+    rig.runner.submit("c2", 0, owner="b")
+    rig.runner.submit(cid, 0, owner="a", attempt=1)
+    assert rig.store.get("c2").step(0).task_id == "t1"
+    mine = rig.store.get(cid).step(0)
+    assert mine.task_id == "t2"  # the list showed only c2's task: not created, sent again
+    assert len(rig.provider.creates) == 3
+
+
+def test_a_lookup_that_keeps_failing_ends_in_attention_not_a_resend(tmp_path: Path) -> None:
+    rig = make_rig(tmp_path, ScriptedProvider(), retry_deadline_seconds=600)
+    cid = rig.chain()
+    rig.provider.script = [AmbiguousCreate("reset")]
+    rig.runner.submit(cid, 0, owner="a")
+
+    def broken(kind: TaskKind, external_task_id: str) -> Task | None:
+        raise RetryableError("gateway busy", code=5001)
+
+    rig.provider.find_by_external_id = broken  # type: ignore[method-assign]
+    assert rig.runner.submit(cid, 0, owner="a", attempt=1) is not None  # asks again later
+    assert rig.store.get(cid).step(0).status is StepStatus.SUBMITTING
+    rig.runner.clock = lambda: NOW + 601
+    assert rig.runner.submit(cid, 0, owner="a", attempt=2) is None
+    chain = rig.store.get(cid)
+    assert chain.step(0).status is StepStatus.ATTENTION
+    assert "kept failing" in (chain.error or "")
     assert len(rig.provider.creates) == 1
 
 
@@ -171,10 +340,11 @@ def test_duplicate_external_id_refusal_records_the_task_that_landed(rig: Rig) ->
     assert len(rig.provider.creates) == 1
 
 
-def test_callback_racing_the_create_reply_waits_for_the_task_id(rig: Rig) -> None:
+def test_a_callback_without_a_task_id_for_a_step_mid_submit_changes_nothing(rig: Rig) -> None:
     cid = rig.chain()
     rig.store.transition(cid, Claim(0, "a", 60))
-    assert rig.runner.refresh(cid, 0) == 0.5
+    assert rig.runner.refresh(cid, 0) is None
+    assert rig.store.get(cid).step(0).status is StepStatus.SUBMITTING
 
 
 def succeed_step(rig: Rig, cid: str, video_id: str, url: str) -> None:
@@ -253,11 +423,80 @@ def test_celery_tasks_leave_retry_limits_to_the_runner(monkeypatch: pytest.Monke
         assert task.max_retries is None, task.name
 
 
-def test_callback_racing_the_create_reply_finds_the_task_at_once(rig: Rig) -> None:
+def candidate(task_id: str, parent: str = "v0", **fields: Any) -> Task:
+    return Task(
+        task_id,
+        TaskStatus.PROCESSING,
+        created_at_ms=int(NOW * 1000),
+        parent_video=Video(parent, f"https://cdn.example/{parent}.mp4", 5.0),
+        **fields,
+    )
+
+
+def test_callback_racing_the_create_reply_records_the_task_it_names(rig: Rig) -> None:
     cid = rig.chain()
     rig.store.transition(cid, Claim(0, "a", 60))  # the submit task is mid-create
-    rig.provider.tasks["t9"] = Task("t9", TaskStatus.PROCESSING, external_task_id="kc-c1-0")
-    assert rig.runner.refresh(cid, 0) is None  # no 0.5 s wait
+    rig.provider.tasks["t9"] = candidate("t9")
+    assert rig.runner.refresh(cid, 0, candidate="t9") is None  # no wait for the reply
     step = rig.store.get(cid).step(0)
     assert (step.status, step.task_id) == (StepStatus.SUBMITTED, "t9")
     assert rig.provider.creates == []
+
+
+@pytest.mark.parametrize(
+    ("task", "why"),
+    [
+        (candidate("t9", parent="v7"), "it extends video v7"),
+        (candidate("t9", external_task_id="kc-other-3"), "external_task_id kc-other-3"),
+        (
+            Task("t9", TaskStatus.PROCESSING, created_at_ms=int((NOW - 86400) * 1000)),
+            "not created while",
+        ),
+    ],
+)
+def test_a_callback_naming_a_task_that_cannot_be_the_steps_is_not_recorded(
+    rig: Rig, task: Task, why: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cid = rig.chain()
+    rig.store.transition(cid, Claim(0, "a", 60))
+    rig.provider.tasks["t9"] = task
+    assert rig.runner.refresh(cid, 0, candidate="t9") is None
+    assert rig.store.get(cid).step(0).task_id is None
+    assert why in caplog.text
+
+
+def test_a_callback_naming_a_task_another_step_recorded_is_not_recorded(rig: Rig) -> None:
+    cid = rig.chain()
+    rig.store.transition(cid, Claim(0, "a", 60))
+    rig.provider.tasks["t9"] = candidate("t9")
+    rig.store.claim_task("t9", "c7:0")
+    rig.runner.refresh(cid, 0, candidate="t9")
+    assert rig.store.get(cid).step(0).task_id is None
+
+
+def test_a_callback_naming_an_unknown_task_is_ignored(rig: Rig) -> None:
+    cid = rig.chain()
+    rig.store.transition(cid, Claim(0, "a", 60))
+    assert rig.runner.refresh(cid, 0, candidate="nope") is None
+    assert rig.store.get(cid).step(0).status is StepStatus.SUBMITTING
+
+
+def test_archive_queries_of_an_outside_task_are_bounded(rig: Rig) -> None:
+    rig.provider.tasks["x1"] = Task("x1", TaskStatus.PROCESSING)
+    videos = rig.runner.archiver.videos
+    assert videos.ask("video-extend", "x1", "callback", ttl=60)
+    archiver = rig.runner.archiver
+    assert archiver.archive_task("video-extend", "x1", "callback", attempt=0) is not None
+    last = MAX_TASK_QUERIES - 1
+    assert archiver.archive_task("video-extend", "x1", "callback", attempt=last) is None
+    assert videos.ask("video-extend", "x1", "callback", ttl=60)  # it may be asked for again
+
+
+def test_an_outside_task_with_an_unsafe_video_id_records_nothing(rig: Rig) -> None:
+    bad = Video("../etc/passwd", "https://cdn.example/x.mp4", 5.0)
+    rig.provider.tasks["x2"] = Task(
+        "x2", TaskStatus.SUCCEED, created_at_ms=int(NOW * 1000), videos=(bad,)
+    )
+    assert rig.runner.archiver.archive_task("text2video", "x2", "request") is None
+    assert rig.runner.archiver.videos.get("../etc/passwd") is None
+    assert rig.queued == []
