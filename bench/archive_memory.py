@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import psutil  # type: ignore[import-untyped]
 import requests
@@ -51,6 +52,7 @@ REGION = "us-east-1"
 def _child(args: argparse.Namespace) -> int:
     """Build the storage, say ready, wait for go, download, print the result as JSON."""
     from worker.download import download_into
+    from worker.netguard import AllowList, guarded_session
     from worker.storage import Storage
     from worker.storage.local import LocalStorage
     from worker.storage.s3 import S3Storage, s3_client
@@ -61,8 +63,7 @@ def _child(args: argparse.Namespace) -> int:
     else:
         client = s3_client(endpoint_url=args.s3_endpoint, region_name=REGION, **CREDENTIALS)
         storage = S3Storage(BUCKET, "bench", client, part_size=args.part_size)
-    session = requests.Session()
-    session.trust_env = False
+    session = guarded_session(AllowList.parse(urlsplit(args.url).hostname or ""))
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return 2

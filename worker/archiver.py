@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
-import requests
-
 from kling.client import KlingClient
 from kling.errors import KlingError, MalformedReply, PermanentError, RetryableError
 from kling.models import TaskKind, TaskStatus
@@ -28,11 +26,13 @@ from worker.download import (
     backoff,
     download_into,
 )
+from worker.netguard import guarded_session
 from worker.notify import EventType, event_id, new_event
-from worker.settings import Settings
+from worker.settings import DOWNLOAD_ATTEMPTS, Settings
 from worker.storage import Storage
 from worker.storage.errors import StorageError
 from worker.videos import (
+    SAFE_ID,
     VideoRecord,
     Videos,
     VideoState,
@@ -46,6 +46,8 @@ from worker.videos import (
 
 log = logging.getLogger(__name__)
 
+MAX_TASK_QUERIES = 60
+"""How often the archive path asks about one task (unfinished, or the query failing)."""
 ARCHIVE_TASK_TASK = "kc.archive_task"
 ARCHIVE_RECORD_TASK = "kc.archive_record"
 NOTIFY_TASK = "kc.notify"
@@ -88,7 +90,8 @@ class Archiver:
         self.enqueue = enqueue
         self.clock = clock
         # One session per process: downloads from the same file host reuse its connection.
-        self.http = requests.Session()
+        # Guarded: no internal address unless ALLOW_PRIVATE_HOSTS names it, no .netrc.
+        self.http = guarded_session(settings.allow_private_hosts)
 
     # -- the one way a video reaches storage ---------------------------------------------------
     def store(self, video_id: str, url: str, created_at: float, sidecar: dict[str, Any]) -> Stored:
@@ -96,6 +99,8 @@ class Archiver:
 
         Raises VideoGone past the deadline, DownloadPermanent or DownloadRetryable.
         """
+        if not SAFE_ID.match(video_id):
+            raise DownloadPermanent(f"video id {video_id!r} is not a safe file name")
         now = self.clock()
         expires = created_at + 30 * 24 * 3600.0
         if now >= expires:
@@ -108,8 +113,9 @@ class Archiver:
                 self.storage.open(f"{video_id}.mp4"),
                 deadline=deadline,
                 max_bytes=self.settings.archive_max_bytes,
-                max_attempts=3,
+                max_attempts=DOWNLOAD_ATTEMPTS,
                 session=self.http,
+                limits=self.settings.download_limits(),
             )
             host = urlsplit(url).hostname
             self._sidecar(video_id, got, host, created_at, expires, sidecar)
@@ -168,23 +174,36 @@ class Archiver:
     def archive_task(
         self, kind: str, task_id: str, origin: str, *, attempt: int = 0
     ) -> float | None:
-        """Confirm a task by query and queue its videos; a delay when it is not finished yet."""
+        """Confirm a task by query and queue its videos; a delay when it is not finished yet.
+
+        At most MAX_TASK_QUERIES queries: then it is dropped, and may be asked for again.
+        """
+        last = attempt + 1 >= MAX_TASK_QUERIES
         try:
             task = self.provider.get(TaskKind(kind), task_id)
         except (RetryableError, MalformedReply) as exc:
             log.warning("archive %s %s: query failed: %s", kind, task_id, exc)
-            return backoff(attempt + 1, cap=600.0)
+            return self._again(kind, task_id, backoff(attempt + 1, cap=600.0), last, str(exc))
         except PermanentError as exc:
             log.error("archive %s %s: the provider refused the query: %s", kind, task_id, exc)
+            self.videos.forget_ask(kind, task_id)
             return None
         if task.status is TaskStatus.FAILED:
             log.info("archive %s %s: failed (%s); nothing to keep", kind, task_id, task.status_msg)
             return None
-        if not task.status.terminal:
-            return self.settings.poll_after_seconds  # not done yet: ask again later
+        if not task.status.terminal:  # not done yet: ask again later
+            return self._again(kind, task_id, self.settings.poll_after_seconds, last, "unfinished")
         now = self.clock()
         created = task.created_at_ms / 1000 if task.created_at_ms else now
         for video in task.videos:
+            if not SAFE_ID.match(video.id):
+                log.error(
+                    "archive %s %s: video id %r is not a safe name; skipped",
+                    kind,
+                    task_id,
+                    video.id,
+                )
+                continue
             record = VideoRecord(
                 video_id=video.id,
                 task_id=task.task_id,
@@ -200,6 +219,19 @@ class Archiver:
             if self.videos.register(record):
                 log.info("archive: now tracking video %s of %s task %s", video.id, kind, task_id)
                 self.enqueue(ARCHIVE_RECORD_TASK, (video.id,))
+        return None
+
+    def _again(self, kind: str, task_id: str, delay: float, last: bool, why: str) -> float | None:
+        if not last:
+            return delay
+        log.error(
+            "archive %s %s: gave up after %d queries (%s); ask again to retry",
+            kind,
+            task_id,
+            MAX_TASK_QUERIES,
+            why,
+        )
+        self.videos.forget_ask(kind, task_id)
         return None
 
     def archive_video(self, video_id: str, *, owner: str, attempt: int = 0) -> float | None:

@@ -7,8 +7,16 @@ Failed attempts are retried with backoff, resuming with a `Range` request from t
 offset when the server supports it, and starting the upload over when it does not.
 `download_file` is the same into a local file.
 
+Every connection goes through `worker.netguard`: a URL (or a redirect, at most
+`MAX_REDIRECTS` of them) that leads to a loopback, private or link-local address is refused
+for good unless ``ALLOW_PRIVATE_HOSTS`` names it. Each attempt has a time limit and a minimum
+throughput (`AttemptLimits`), so a host that trickles the body is cut off and resumed later
+instead of holding a worker for hours. Messages name URLs by `display_url` only: a signed
+URL's query string never reaches an error or a log line.
+
 The decisions (is this URL acceptable, how long to wait, what to do with a reply, where to
-resume) are pure functions below; `download_into` only does the I/O they ask for.
+resume, where a redirect leads, whether an attempt is too slow) are pure functions below;
+`download_into` only does the I/O they ask for.
 """
 
 from __future__ import annotations
@@ -19,18 +27,24 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urljoin
 
 import requests
+import urllib3
 
+from worker.netguard import AllowList, DestinationRefused, guarded_session, is_guarded
+from worker.pace import DEFAULT_LIMITS, AttemptLimits, Meter
 from worker.storage import Upload
 from worker.storage.local import LocalStorage, write_json_atomic
-from worker.urls import display, http_problem
+from worker.urls import describe_error, display, http_problem
 
 __all__ = [
+    "MAX_REDIRECTS",
     "Action",
+    "AttemptLimits",
     "ContentRange",
     "DownloadError",
     "DownloadPermanent",
@@ -47,6 +61,7 @@ __all__ = [
     "parse_content_length",
     "parse_content_range",
     "plan_reply",
+    "redirect_target",
     "request_headers",
     "resume_offset",
     "write_json_atomic",
@@ -56,6 +71,10 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 """Client-error statuses that mean "try again later" rather than "never"."""
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+"""Redirects followed per attempt; one more is a permanent failure."""
 
 
 class DownloadError(Exception):
@@ -270,6 +289,40 @@ def check_complete(received: int, total: int | None) -> str | None:
     return f"body ran {received - total} bytes past its announced size {total}"
 
 
+def redirect_target(
+    url: str,
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    hops: int,
+    max_redirects: int = MAX_REDIRECTS,
+) -> str | None:
+    """Where a reply to a request for `url` redirects to; None when it is no redirect.
+
+    `hops` is the number of redirects followed so far. A redirect without Location is left
+    to `plan_reply` (a permanent "HTTP 3xx"). Raises DownloadPermanent for one redirect more
+    than `max_redirects`, or a Location that is not an http(s) URL with a host. Whether the
+    target's address may be reached is for the connection to check (`worker.netguard`).
+    """
+    if status not in REDIRECT_STATUSES:
+        return None
+    location = _headers_lower(headers).get("location", "").strip()
+    if not location:
+        return None
+    try:
+        target = urljoin(url, location)
+    except ValueError:
+        raise DownloadPermanent("redirected to a malformed URL") from None
+    if hops >= max_redirects:
+        raise DownloadPermanent(
+            f"more than {max_redirects} redirects (the next to {display(target)})"
+        )
+    problem = http_problem(target)
+    if problem is not None:
+        raise DownloadPermanent(f"redirected to something that cannot be downloaded: {problem}")
+    return target
+
+
 # -- I/O ---------------------------------------------------------------------------------
 
 
@@ -301,6 +354,55 @@ class _Part:
         self.written += len(chunk)
 
 
+def _require_guard(http: requests.Session, url: str) -> None:
+    if not is_guarded(http, url):
+        raise ValueError(
+            "downloads need a session from worker.netguard.guarded_session() "
+            f"(or none), not one that reaches {display_url(url)} unchecked"
+        )
+
+
+def _open(
+    http: requests.Session, url: str, headers: Mapping[str, str], timeout: tuple[float, float]
+) -> requests.Response:
+    """GET `url`, following up to MAX_REDIRECTS redirects, each hop through the guard.
+
+    Every hop carries the same headers, so a resume's Range and If-Range reach the server
+    that answers; the next attempt starts again from `url`.
+    """
+    current, hops = url, 0
+    while True:
+        _require_guard(http, current)
+        try:
+            reply = http.get(
+                current, headers=headers, stream=True, timeout=timeout, allow_redirects=False
+            )
+        except DestinationRefused as exc:
+            via = f" (redirected to {display_url(current)})" if hops else ""
+            raise DownloadPermanent(f"{display_url(url)}{via}: {exc}") from None
+        try:
+            target = redirect_target(current, reply.status_code, reply.headers, hops=hops)
+        except DownloadPermanent as exc:
+            reply.close()
+            raise DownloadPermanent(f"{display_url(url)}: {exc}") from None
+        if target is None:
+            return reply
+        reply.close()
+        current, hops = target, hops + 1
+
+
+def _body(reply: requests.Response, size: int) -> Iterator[bytes]:
+    """The body as it arrives, in pieces of at most `size` bytes.
+
+    Each piece is what one read from the connection gave (``read1``), unlike
+    ``iter_content``, which waits until it has `size` bytes: a host that trickles a byte at a
+    time would hold that wait, and the worker, for as long as it liked.
+    """
+    raw = reply.raw
+    while piece := raw.read1(size, decode_content=True):
+        yield piece
+
+
 def _attempt(
     http: requests.Session,
     url: str,
@@ -309,11 +411,14 @@ def _attempt(
     max_bytes: int,
     timeout: tuple[float, float],
     chunk_size: int,
+    limits: AttemptLimits,
+    monotonic: Callable[[], float],
 ) -> str | None:
     """One request. None when the file is complete, else why this attempt fell short."""
     offset = resume_offset(part.received, part.total, part.ranges)
     headers = request_headers(offset, part.etag)
-    with http.get(url, headers=headers, stream=True, timeout=timeout) as reply:
+    meter = Meter(limits, monotonic)
+    with _open(http, url, headers, timeout) as reply:
         plan = plan_reply(
             reply.status_code, reply.headers, offset=offset, total=part.total, max_bytes=max_bytes
         )
@@ -335,12 +440,15 @@ def _attempt(
         part.total, part.ranges = plan.total, plan.ranges
         if plan.offset == 0:
             part.etag = reply.headers.get("ETag")
-        for chunk in reply.iter_content(chunk_size):
+        for chunk in _body(reply, chunk_size):
             part.write(chunk)
             if part.received > max_bytes:
                 raise DownloadPermanent(
                     f"{display_url(url)}: body exceeds the cap of {max_bytes} bytes"
                 )
+            slow = meter.add(len(chunk)) if part.received != part.total else None
+            if slow is not None:
+                return slow
     return check_complete(part.received, part.total)
 
 
@@ -350,15 +458,26 @@ _PERMANENT_REQUEST_ERRORS = (
     requests.exceptions.MissingSchema,
     requests.exceptions.TooManyRedirects,
 )
+_RETRYABLE_REQUEST_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError)
 
 
 def _preflight(
-    url: str, *, deadline: float, max_attempts: int | None, clock: Callable[[], float]
+    url: str,
+    *,
+    deadline: float,
+    max_attempts: int | None,
+    clock: Callable[[], float],
+    session: requests.Session | None,
+    allow: AllowList | None,
 ) -> None:
     """Refuse at once what can never work, before any request or storage is touched."""
     check_url(url)
     if max_attempts is not None and max_attempts < 1:
         raise ValueError(f"max_attempts must be at least 1, got {max_attempts}")
+    if session is not None:
+        if allow is not None:
+            raise ValueError("pass allow to guarded_session(), not with a session of your own")
+        _require_guard(session, url)
     now = clock()
     if now >= deadline:
         raise DownloadPermanent(f"{display_url(url)}: deadline passed {now - deadline:.0f}s ago")
@@ -371,10 +490,13 @@ def download_into(
     deadline: float,
     max_bytes: int = 4 * 1024**3,
     session: requests.Session | None = None,
+    allow: AllowList | None = None,
+    limits: AttemptLimits = DEFAULT_LIMITS,
     timeout: tuple[float, float] = (5.0, 30.0),
     chunk_size: int = 1024 * 1024,
     max_attempts: int | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Downloaded:
     """Download `url` into `upload` and commit it, retrying and resuming until `deadline`.
@@ -383,15 +505,29 @@ def download_into(
     `upload.offset`, a server that cannot resume makes it `rewind`, success `commit`s it
     with the size and sha256 of the body, and any failure `abort`s it (nothing remains).
 
+    Connections go through `worker.netguard`: without a `session`, one is made that refuses
+    internal addresses except those `allow` names (by default: none); a `session` given must
+    come from `worker.netguard.guarded_session` (ValueError otherwise) and carries its own
+    allow list.
+
     `deadline` is in `clock()` seconds (epoch by default). It decides whether another
-    attempt starts; a transfer in progress is bounded by `timeout` (connect, read) instead.
-    Raises DownloadPermanent for what can never work, DownloadRetryable when the attempts or
-    the time ran out. Errors of the storage propagate unchanged: `OSError` from a local
-    disk, `worker.storage.errors.StorageError` from a bucket.
+    attempt starts; a transfer in progress is bounded by `limits` (measured on `monotonic`)
+    and by `timeout` (connect, read) instead.
+    Raises DownloadPermanent for what can never work (including a refused destination and
+    too many redirects), DownloadRetryable when the attempts or the time ran out. Errors of
+    the storage propagate unchanged: `OSError` from a local disk,
+    `worker.storage.errors.StorageError` from a bucket.
     """
     try:
-        _preflight(url, deadline=deadline, max_attempts=max_attempts, clock=clock)
-        http = session or requests.Session()
+        _preflight(
+            url,
+            deadline=deadline,
+            max_attempts=max_attempts,
+            clock=clock,
+            session=session,
+            allow=allow,
+        )
+        http = session or guarded_session(allow)
         try:
             part = _Part(upload)
             _fetch(
@@ -403,7 +539,9 @@ def download_into(
                 timeout=timeout,
                 chunk_size=chunk_size,
                 max_attempts=max_attempts,
+                limits=limits,
                 clock=clock,
+                monotonic=monotonic,
                 sleep=sleep,
             )
         finally:
@@ -424,10 +562,13 @@ def download_file(
     deadline: float,
     max_bytes: int = 4 * 1024**3,
     session: requests.Session | None = None,
+    allow: AllowList | None = None,
+    limits: AttemptLimits = DEFAULT_LIMITS,
     timeout: tuple[float, float] = (5.0, 30.0),
     chunk_size: int = 1024 * 1024,
     max_attempts: int | None = None,
     clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> Downloaded:
     """Download `url` to the local file `dest` atomically: `download_into` a `LocalStorage`.
@@ -435,7 +576,14 @@ def download_file(
     On failure `dest` is untouched and no temp file remains. Errors of the local disk
     (OSError) propagate unchanged; `dest.name` must be a plain file name (ValueError).
     """
-    _preflight(url, deadline=deadline, max_attempts=max_attempts, clock=clock)
+    _preflight(
+        url,
+        deadline=deadline,
+        max_attempts=max_attempts,
+        clock=clock,
+        session=session,
+        allow=allow,
+    )
     upload = LocalStorage(dest.parent).open(dest.name)
     return download_into(
         url,
@@ -443,10 +591,13 @@ def download_file(
         deadline=deadline,
         max_bytes=max_bytes,
         session=session,
+        allow=allow,
+        limits=limits,
         timeout=timeout,
         chunk_size=chunk_size,
         max_attempts=max_attempts,
         clock=clock,
+        monotonic=monotonic,
         sleep=sleep,
     )
 
@@ -461,7 +612,9 @@ def _fetch(
     timeout: tuple[float, float],
     chunk_size: int,
     max_attempts: int | None,
+    limits: AttemptLimits,
     clock: Callable[[], float],
+    monotonic: Callable[[], float],
     sleep: Callable[[float], None],
 ) -> None:
     """Attempt until `part` is complete; backoff starts over after an attempt that progressed."""
@@ -471,12 +624,21 @@ def _fetch(
         written = part.written
         try:
             reason = _attempt(
-                http, url, part, max_bytes=max_bytes, timeout=timeout, chunk_size=chunk_size
+                http,
+                url,
+                part,
+                max_bytes=max_bytes,
+                timeout=timeout,
+                chunk_size=chunk_size,
+                limits=limits,
+                monotonic=monotonic,
             )
         except _PERMANENT_REQUEST_ERRORS as exc:
-            raise DownloadPermanent(f"{display_url(url)}: {exc}") from exc
-        except requests.RequestException as exc:
-            reason = f"{type(exc).__name__}: {exc}"
+            # `from None`: the library's own message, URL and query included, stays out
+            # of every traceback too.
+            raise DownloadPermanent(f"{display_url(url)}: {describe_error(exc)}") from None
+        except _RETRYABLE_REQUEST_ERRORS as exc:
+            reason = describe_error(exc)
         if reason is None:
             return
         if max_attempts is not None and attempt >= max_attempts:

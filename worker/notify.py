@@ -40,6 +40,7 @@ from typing import Any
 import requests
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from worker.netguard import AllowList, DestinationRefused, guarded_session
 from worker.urls import display, http_problem
 
 __all__ = [
@@ -314,16 +315,30 @@ def deliver(
     *,
     session: requests.Session | None = None,
     timeout: float = 10.0,
+    allow: AllowList | None = None,
 ) -> int:
     """POST `event` to `url`, signed now. Return the (2xx) status.
+
+    `NOTIFY_URL` is the operator's own, so by default any address may be reached. For a URL
+    that someone else supplied, pass `allow` (e.g. the ``ALLOW_PRIVATE_HOSTS`` list, or an
+    empty `AllowList`): the POST then goes through `worker.netguard`, and an internal
+    address it does not name is a `DeliveryRejected`. (Or pass a `session` made by
+    `worker.netguard.guarded_session`.)
 
     Raises `DeliveryFailed` to retry later, `DeliveryRejected` to give up, and ValueError for
     a URL or secret that can never work.
     """
     check_url(url)
+    if session is not None and allow is not None:
+        raise ValueError("pass allow to guarded_session(), not with a session of your own")
     headers = {**sign_headers(secret, event), "user-agent": USER_AGENT}
     body = event.payload().encode("ascii")
-    http = session if session is not None else requests.Session()
+    if session is not None:
+        http = session
+    elif allow is not None:
+        http = guarded_session(allow)
+    else:
+        http = requests.Session()
     try:
         # stream=True: the status is all we need; the body is never read.
         with http.post(
@@ -338,6 +353,8 @@ def deliver(
             if error is not None:
                 raise error
             return reply.status_code
+    except DestinationRefused as exc:
+        raise DeliveryRejected(f"{display(url)}: {exc}") from None
     except requests.exceptions.InvalidURL:
         raise
     except requests.Timeout as exc:

@@ -7,14 +7,27 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kling.auth import Auth, auth_from
 from kling.client import KlingClient
+from worker.netguard import AllowList
 from worker.notify import parse_secret
+from worker.pace import AttemptLimits
 from worker.storage import Storage, open_storage
+
+MIN_API_TOKEN_CHARS = 32
+DOWNLOAD_ATTEMPTS = 3  # per archive task; the task itself is retried with backoff after
 
 
 class ConfigError(Exception):
@@ -39,6 +52,7 @@ class Settings(BaseSettings):
     public_url: AnyHttpUrl = AnyHttpUrl("http://localhost:8000")
     callback_secret: SecretStr | None = None
     api_token: SecretStr | None = None
+    api_auth: Literal["on", "off"] = "on"
 
     archive_dir: Path = Path("./archive")
     archive_url: str | None = Field(None, description="s3://bucket/prefix to archive to S3")
@@ -47,11 +61,16 @@ class Settings(BaseSettings):
     archive_warn_seconds: float = Field(3 * 24 * 3600.0, ge=0)
     archive_max_bytes: int = Field(4 * 1024**3, gt=0)
     archive_margin_seconds: float = Field(24 * 3600.0, ge=0)
+    # Internal addresses downloads may reach anyway (worker.netguard); parsed at start-up.
+    allow_private_hosts: Annotated[AllowList, NoDecode] = AllowList()
+    download_attempt_seconds: float = Field(900.0, gt=0)
+    download_min_bytes_per_second: int = Field(64 * 1024, ge=0)
+    download_rate_window_seconds: float = Field(60.0, gt=0)
 
     poll_after_seconds: float = Field(120.0, gt=0)
     sweep_seconds: float = Field(10.0, gt=0)
     submit_lease_seconds: float = Field(120.0, gt=0)
-    archive_lease_seconds: float = Field(900.0, gt=0)
+    archive_lease_seconds: float = Field(3000.0, gt=0)
     retry_deadline_seconds: float = Field(1800.0, gt=0)
     recheck_after_seconds: float = Field(20.0, ge=0)
 
@@ -60,12 +79,36 @@ class Settings(BaseSettings):
 
     port: int = Field(8000, gt=0, lt=65536)
 
+    @model_validator(mode="after")
+    def _lease_outlasts_a_download(self) -> Settings:
+        # One archive task makes up to DOWNLOAD_ATTEMPTS attempts; a lease that ran out
+        # meanwhile would let a second worker download the same video.
+        needed = DOWNLOAD_ATTEMPTS * self.download_attempt_seconds + 60
+        if self.archive_lease_seconds < needed:
+            raise ValueError(
+                f"ARCHIVE_LEASE_SECONDS ({self.archive_lease_seconds:g}) must be at least "
+                f"{DOWNLOAD_ATTEMPTS} x DOWNLOAD_ATTEMPT_SECONDS + 60 = {needed:g}"
+            )
+        return self
+
     @field_validator("key_prefix")
     @classmethod
     def _prefix(cls, value: str) -> str:
         if not value or any(c.isspace() for c in value):
             raise ValueError("must be non-empty and contain no spaces")
         return value
+
+    @field_validator("allow_private_hosts", mode="before")
+    @classmethod
+    def _allow_list(cls, value: object) -> object:
+        return AllowList.parse(value) if isinstance(value, str) else value
+
+    def download_limits(self) -> AttemptLimits:
+        return AttemptLimits(
+            seconds=self.download_attempt_seconds,
+            min_bytes_per_second=self.download_min_bytes_per_second,
+            window_seconds=self.download_rate_window_seconds,
+        )
 
     def secret(self) -> bytes:
         if self.callback_secret is None or len(self.callback_secret.get_secret_value()) < 16:
@@ -74,6 +117,21 @@ class Settings(BaseSettings):
                 "(it signs the token in every callback URL); e.g. `openssl rand -hex 32`"
             )
         return self.callback_secret.get_secret_value().encode()
+
+    def api_bearer(self) -> str | None:
+        """The token the API requires, or None when ``API_AUTH=off`` switched the check off."""
+        if self.api_auth == "off":
+            return None
+        token = reveal(self.api_token)
+        if not token or len(token) < MIN_API_TOKEN_CHARS:
+            problem = "is not set" if not token else f"has only {len(token)} characters"
+            raise ConfigError(
+                f"API_TOKEN {problem}. The API starts paid work, so it needs a token of at "
+                f"least {MIN_API_TOKEN_CHARS} characters: make one with `openssl rand -hex 32` "
+                "and set API_TOKEN for the web process and for the CLI. Only on a private "
+                "network that nobody else can reach, API_AUTH=off turns the check off"
+            )
+        return token
 
     def provider_auth(self) -> Auth:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -23,6 +24,9 @@ from typing import Any
 import redis
 
 from worker.atomic import Writes, optimistic
+
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+"""Provider ids that may become a file name or a key: the same rule for chains and the rest."""
 
 RETENTION_SECONDS = 30 * 24 * 3600.0
 
@@ -190,6 +194,15 @@ class Videos:
             return writes, True
 
         return optimistic(self.redis, self._key(record.video_id), decide)
+
+    def ask(self, kind: str, task_id: str, origin: str, *, ttl: int) -> bool:
+        """Mark a task as asked for archiving; False when it is asked for already."""
+        name = f"{self.prefix}archive-asked:{kind}:{task_id}"
+        return bool(self.redis.set(name, origin, nx=True, ex=ttl))
+
+    def forget_ask(self, kind: str, task_id: str) -> None:
+        """Let the task be asked for again (its query gave up)."""
+        self.redis.delete(f"{self.prefix}archive-asked:{kind}:{task_id}")
 
     def get(self, video_id: str) -> VideoRecord | None:
         raw = self.redis.get(self._key(video_id))

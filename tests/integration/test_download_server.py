@@ -1,9 +1,11 @@
 """download_file and download_into against a real HTTP server on a loopback port.
 
 The server serves 3 MB of deterministic bytes and can be told to misbehave: drop the
-connection mid-body, stall, answer 500 or a fixed status, ignore Range, omit Content-Length.
-It records the Range and If-Range headers it receives. Sleeping is injected, so the tests
-never wait for a backoff. The last tests download into S3 storage on moto's server.
+connection mid-body, stall, trickle, answer 500 or a fixed status, ignore Range, omit
+Content-Length, redirect. It records the Range and If-Range headers it receives. Sleeping is
+injected, so the tests never wait for a backoff. 127.0.0.1 is allowed (ALLOW_PRIVATE_HOSTS);
+a second server on 127.0.0.2 stands for an internal address that is not. The last tests
+download into S3 storage on moto's server.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 import os
 import random
 import re
+import socket
 import stat
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,13 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import requests
+import urllib3
 
 from worker.download import (
+    AttemptLimits,
     DownloadPermanent,
     DownloadRetryable,
     download_file,
     download_into,
 )
+from worker.netguard import AllowList, guarded_session
 from worker.storage.s3 import MIN_PART_SIZE, S3Storage
 
 if TYPE_CHECKING:
@@ -44,6 +51,8 @@ CHUNK = 64 * 1024
 # was reading, so the client resumes from the last whole chunk; a cut on a chunk boundary
 # makes the expected Range header exact.
 CUT = 15 * CHUNK  # 983040
+LOCAL = AllowList.parse("127.0.0.1")
+INTERNAL = "127.0.0.2"  # loopback too, but not in LOCAL: stands for any internal address
 
 
 @dataclass
@@ -59,6 +68,10 @@ class Switches:
     cut_after: int = 0
     stalls: int = 0  # stop sending after `stall_after` body bytes, next K responses
     stall_after: int = 0
+    trickle: int = 0  # send the body `trickle` bytes at a time, `trickle_pause` s apart
+    trickle_pause: float = 0.0
+    redirects: list[str] = field(default_factory=list)  # answer 302 to these, in turn
+    bounce: str | None = None  # answer 302 to this every request without "hop" in its query
 
 
 @dataclass
@@ -70,6 +83,7 @@ class Source:
     switches: Switches = field(default_factory=Switches)
     ranges: list[str | None] = field(default_factory=list)
     if_ranges: list[str | None] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     release: threading.Event = field(default_factory=threading.Event)
 
@@ -81,8 +95,8 @@ class Source:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, source: Source) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, source: Source, host: str) -> None:
+        super().__init__((host, 0), _Handler)
         self.source = source
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -101,7 +115,14 @@ class _Handler(BaseHTTPRequestHandler):
         with source.lock:
             source.ranges.append(self.headers.get("Range"))
             source.if_ranges.append(self.headers.get("If-Range"))
+            source.authorizations.append(self.headers.get("Authorization"))
             switches = source.switches
+            location = switches.redirects.pop(0) if switches.redirects else None
+            if location is None and switches.bounce is not None and "hop" not in self.path:
+                location = switches.bounce
+            if location is not None:
+                self._redirect(location)
+                return
             error = switches.errors > 0
             switches.errors -= error
             cut = not error and switches.cuts > 0
@@ -139,8 +160,21 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body[: switches.stall_after])
             source.release.wait(10)
             self.close_connection = True
+        elif switches.trickle:
+            for start in range(0, len(body), switches.trickle):
+                self.wfile.write(body[start : start + switches.trickle])
+                self.wfile.flush()
+                if source.release.wait(switches.trickle_pause):
+                    break
+            self.close_connection = True
         else:
             self.wfile.write(body)
+
+    def _redirect(self, location: str) -> None:
+        self.send_response(302)
+        self.send_header("Location", location)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
 
     def _empty(self, status: int) -> None:
         self.send_response(status)
@@ -148,10 +182,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-def _serve(data: bytes) -> Iterator[Source]:
+def _serve(data: bytes, host: str = "127.0.0.1") -> Iterator[Source]:
     source = Source(data)
-    server = _Server(source)
-    source.url = f"http://127.0.0.1:{server.server_address[1]}/video.mp4?sig=secret-token"
+    server = _Server(source, host)
+    source.url = f"http://{host}:{server.server_address[1]}/video.mp4?sig=secret-token"
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     yield source
@@ -167,9 +201,14 @@ def source() -> Iterator[Source]:
 
 
 @pytest.fixture
+def internal() -> Iterator[Source]:
+    """A file server on an internal address downloads must not reach."""
+    yield from _serve(DATA, INTERNAL)
+
+
+@pytest.fixture
 def session() -> Iterator[requests.Session]:
-    with requests.Session() as session:
-        session.trust_env = False  # never route loopback through a proxy from the environment
+    with guarded_session(LOCAL) as session:
         yield session
 
 
@@ -244,7 +283,7 @@ def test_full_download_with_its_own_session(
     for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
 
-    result = download_file(source.url, archive / "video.mp4", deadline=4e9)
+    result = download_file(source.url, archive / "video.mp4", deadline=4e9, allow=LOCAL)
 
     assert result.sha256 == DATA_SHA256
     assert listing(archive) == ["video.mp4"]
@@ -432,13 +471,13 @@ def test_content_length_over_the_cap_is_permanent_without_reading(
     source: Source, fetch: Callable[..., Any], archive: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reads: list[int] = []
-    iter_content = requests.Response.iter_content
+    read1 = urllib3.HTTPResponse.read1
 
-    def spy(self: requests.Response, *args: Any, **kwargs: Any) -> Iterator[Any]:
+    def spy(self: urllib3.HTTPResponse, *args: Any, **kwargs: Any) -> bytes:
         reads.append(1)
-        return iter_content(self, *args, **kwargs)
+        return read1(self, *args, **kwargs)
 
-    monkeypatch.setattr(requests.Response, "iter_content", spy)
+    monkeypatch.setattr(urllib3.HTTPResponse, "read1", spy)
 
     with pytest.raises(DownloadPermanent, match="Content-Length 3145728 exceeds"):
         fetch(max_bytes=len(DATA) - 1)
@@ -526,6 +565,401 @@ def test_file_and_directory_are_synced_before_and_after_the_rename(
     fetch()
 
     assert events == ["fsync-file", "replace", "fsync-dir"]
+
+
+# -- destinations and redirects ------------------------------------------------------------------
+
+
+def test_the_default_allows_no_internal_address(source: Source, archive: Path) -> None:
+    # Given no allow list at all: even the file server on 127.0.0.1 is internal
+    with pytest.raises(DownloadPermanent, match=r"127\.0\.0\.1, a loopback address") as caught:
+        download_file(source.url, archive / "video.mp4", deadline=4e9)
+
+    assert "ALLOW_PRIVATE_HOSTS" in str(caught.value)
+    assert source.requests == 0
+    assert listing(archive) == []
+
+
+def test_a_plain_session_is_refused_before_any_request(source: Source, archive: Path) -> None:
+    with (
+        requests.Session() as plain,
+        pytest.raises(ValueError, match="guarded_session"),
+    ):
+        download_file(source.url, archive / "video.mp4", deadline=4e9, session=plain)
+
+    assert source.requests == 0
+    assert not archive.exists()
+
+
+def test_redirect_to_an_internal_address_is_refused_and_never_reached(
+    source: Source,
+    internal: Source,
+    fetch: Callable[..., Any],
+    fake: FakeTime,
+    archive: Path,
+) -> None:
+    # Given an allowed file host that redirects to an internal one (say, a metadata service)
+    source.switches.redirects = [internal.url]
+
+    # When we download
+    with pytest.raises(DownloadPermanent) as caught:
+        fetch()
+
+    # Then it is refused for good, naming the address and the way to allow it
+    message = str(caught.value)
+    assert f"redirected to http://{INTERNAL}:" in message
+    assert f"refusing to connect to {INTERNAL}, a loopback address" in message
+    assert "list it in ALLOW_PRIVATE_HOSTS" in message
+    assert "secret-token" not in message
+    # And the internal server got no request, nothing was retried, nothing was stored
+    assert internal.requests == 0
+    assert source.requests == 1
+    assert fake.sleeps == []
+    assert listing(archive) == []
+
+
+def test_redirect_to_an_internal_address_stores_nothing_in_s3(
+    big_source: Source,
+    internal: Source,
+    fetch_s3: Callable[..., Any],
+    s3: S3Client,
+    bucket: str,
+) -> None:
+    big_source.switches.redirects = [internal.url]
+
+    with pytest.raises(DownloadPermanent, match="loopback address"):
+        fetch_s3()
+
+    assert internal.requests == 0
+    assert stored(s3, bucket) == ([], [])
+
+
+def test_an_internal_address_named_in_the_allow_list_is_reached(
+    source: Source, internal: Source, fake: FakeTime, archive: Path
+) -> None:
+    source.switches.redirects = [internal.url]
+
+    with guarded_session(AllowList.parse(f"127.0.0.1, {INTERNAL}")) as session:
+        result = download_file(source.url, archive / "video.mp4", deadline=4e9, session=session)
+
+    assert result.sha256 == DATA_SHA256
+    assert (source.requests, internal.requests) == (1, 1)
+
+
+def _resolving(monkeypatch: pytest.MonkeyPatch, names: dict[str, str]) -> None:
+    """Make `names` resolve to the given addresses, as a DNS server would."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        return real(names.get(host, host), *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+
+
+@pytest.fixture
+def listener() -> Iterator[socket.socket]:
+    """A bare listening socket on the internal address: did anyone even connect?"""
+    with socket.create_server((INTERNAL, 0)) as sock:
+        sock.setblocking(False)
+        yield sock
+
+
+def test_a_name_resolving_to_an_internal_address_is_refused_without_connecting(
+    source: Source,
+    listener: socket.socket,
+    fetch: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a public-looking name whose DNS answer is an internal address
+    _resolving(monkeypatch, {"files.cdn.test": INTERNAL})
+    port = listener.getsockname()[1]
+    source.switches.redirects = [f"http://files.cdn.test:{port}/v.mp4?sig=hop-secret"]
+
+    with pytest.raises(DownloadPermanent) as caught:
+        fetch()
+
+    # Then the address it resolved to is what is judged, and no connection is even opened
+    assert f"files.cdn.test ({INTERNAL}), a loopback address" in str(caught.value)
+    assert "hop-secret" not in str(caught.value)
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+
+
+def test_a_name_in_the_allow_list_may_resolve_to_an_internal_address(
+    source: Source,
+    internal: Source,
+    fake: FakeTime,
+    archive: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _resolving(monkeypatch, {"mirror.internal": INTERNAL})
+    port = internal.url.split(":")[2].split("/")[0]
+    source.switches.redirects = [f"http://mirror.internal:{port}/video.mp4"]
+
+    with guarded_session(AllowList.parse("127.0.0.1,mirror.internal")) as session:
+        result = download_file(source.url, archive / "video.mp4", deadline=4e9, session=session)
+
+    assert result.sha256 == DATA_SHA256
+    assert internal.requests == 1
+
+
+def test_an_ipv6_loopback_redirect_is_refused(
+    source: Source, fetch: Callable[..., Any], archive: Path
+) -> None:
+    try:
+        six = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with six:
+        six.setblocking(False)
+        source.switches.redirects = [f"http://[::1]:{six.getsockname()[1]}/v.mp4"]
+
+        with pytest.raises(DownloadPermanent, match=r"refusing to connect to ::1, a loopback"):
+            fetch()
+
+        with pytest.raises(BlockingIOError):
+            six.accept()
+    assert listing(archive) == []
+
+
+@pytest.mark.parametrize(
+    "location",
+    ["http://[::ffff:127.0.0.2]:{port}/v.mp4", "http://2130706434:{port}/v.mp4"],
+    ids=["ipv4-mapped-ipv6", "decimal-ipv4"],
+)
+def test_other_spellings_of_an_internal_address_are_refused(
+    source: Source,
+    listener: socket.socket,
+    fetch: Callable[..., Any],
+    location: str,
+) -> None:
+    source.switches.redirects = [location.format(port=listener.getsockname()[1])]
+
+    with pytest.raises(DownloadPermanent, match="loopback address"):
+        fetch()
+
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+
+
+@pytest.mark.parametrize(("redirects", "ok"), [(1, True), (5, True), (6, False)])
+def test_at_most_five_redirects_are_followed(
+    source: Source,
+    fetch: Callable[..., Any],
+    fake: FakeTime,
+    archive: Path,
+    redirects: int,
+    ok: bool,
+) -> None:
+    # Given a host that sends us round in circles `redirects` times (relative Locations)
+    source.switches.redirects = [f"/video.mp4?hop={n}" for n in range(redirects)]
+
+    if ok:
+        assert fetch().sha256 == DATA_SHA256
+        assert listing(archive) == ["video.mp4"]
+    else:
+        with pytest.raises(DownloadPermanent, match="more than 5 redirects"):
+            fetch()
+        assert listing(archive) == []
+    # Then the first request and each redirect followed reached the server; no retries
+    assert source.requests == min(redirects, 5) + 1
+    assert fake.sleeps == []
+
+
+def test_a_redirect_to_another_scheme_is_refused(
+    source: Source, fetch: Callable[..., Any], archive: Path
+) -> None:
+    source.switches.redirects = ["file:///etc/passwd"]
+
+    with pytest.raises(DownloadPermanent, match="only http and https"):
+        fetch()
+
+    assert source.requests == 1
+    assert listing(archive) == []
+
+
+def test_a_resume_keeps_range_and_if_range_across_a_redirect(
+    source: Source, fetch: Callable[..., Any], archive: Path
+) -> None:
+    # Given a file host reached through a redirect, whose first body breaks off
+    source.switches.bounce = "/video.mp4?hop=1"
+    source.switches.cuts, source.switches.cut_after = 1, CUT
+
+    result = fetch()
+
+    # Then each attempt starts at the URL it was given, and every hop carries the resume
+    assert source.ranges == [None, None, "bytes=983040-", "bytes=983040-"]
+    assert source.if_ranges == [None, None, ETAG, ETAG]
+    assert result.sha256 == DATA_SHA256
+
+
+def test_no_netrc_credentials_and_no_proxy_from_the_environment(
+    source: Source, archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a .netrc with a password for the file host, and a proxy that does not answer
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login archivist password hunter2\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed.getsockname()[1]}")
+        for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+            monkeypatch.delenv(name, raising=False)
+
+        result = download_file(source.url, archive / "video.mp4", deadline=4e9, allow=LOCAL)
+
+    # Then the file came straight from the host, and no credentials were sent
+    assert result.sha256 == DATA_SHA256
+    assert source.authorizations == [None]
+
+
+# -- slow hosts ------------------------------------------------------------------------------------
+
+
+def test_a_trickling_host_is_cut_by_the_minimum_rate_and_resumed(
+    source: Source, fetch: Callable[..., Any], archive: Path
+) -> None:
+    # Given a host that sends about 20 kB/s, each piece well within the read timeout
+    source.switches.trickle, source.switches.trickle_pause = 1000, 0.05
+    limits = AttemptLimits(seconds=60.0, min_bytes_per_second=64 * 1024, window_seconds=0.3)
+
+    # When we download with a minimum of 64 KiB/s measured over 0.3 s
+    began = time.monotonic()
+    with pytest.raises(DownloadRetryable, match="too slow") as caught:
+        fetch(limits=limits, max_attempts=2, timeout=(2.0, 5.0))
+    took = time.monotonic() - began
+
+    # Then each attempt is cut within its window, not after the 150 s the body would take
+    assert took < 3.0
+    assert "below the minimum of 65536 bytes/s" in str(caught.value)
+    # And the second attempt resumed where the first was cut
+    assert source.ranges[0] is None
+    assert re.fullmatch(r"bytes=[1-9]\d*-", source.ranges[1] or "")
+    assert listing(archive) == []
+
+
+def test_an_attempt_past_its_time_limit_is_cut_and_the_next_resumes(
+    source: Source, fetch: Callable[..., Any], archive: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a clock that moves 1 s each time the download looks at it, and 5 s per attempt
+    ticks = iter(range(1_000_000))
+    limits = AttemptLimits(seconds=5.0, min_bytes_per_second=0)
+
+    with caplog.at_level(logging.WARNING, logger="worker.download"):
+        result = fetch(limits=limits, monotonic=lambda: float(next(ticks)))
+
+    # Then every attempt was cut after a few pieces, each next one resuming with Range
+    assert result.sha256 == DATA_SHA256
+    assert source.requests > 2
+    offsets = [int(r.removeprefix("bytes=").removesuffix("-")) for r in source.ranges[1:] if r]
+    assert len(offsets) == source.requests - 1
+    assert offsets == sorted(set(offsets))
+    assert "past its limit of 5 s" in caplog.text
+    assert listing(archive) == ["video.mp4"]
+
+
+def test_a_stalled_trickle_hits_the_attempt_limit_in_real_time(
+    source: Source, fetch: Callable[..., Any]
+) -> None:
+    # Given a host sending a byte every 0.1 s: under any read timeout, forever
+    source.switches.trickle, source.switches.trickle_pause = 1, 0.1
+    limits = AttemptLimits(seconds=0.5, min_bytes_per_second=0)
+
+    began = time.monotonic()
+    with pytest.raises(DownloadRetryable, match="past its limit"):
+        fetch(limits=limits, max_attempts=1, timeout=(2.0, 5.0))
+
+    assert time.monotonic() - began < 2.0
+
+
+# -- signed URLs stay secret ---------------------------------------------------------------------
+
+SIGNED = "X-Amz-Signature=secret123"
+
+
+def _closed_port_url() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/video.mp4?{SIGNED}"
+
+
+def _texts(exc: BaseException) -> str:
+    """The message of `exc` and of everything chained to it, as a traceback would show."""
+    texts, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        texts.append(f"{current!r} {current}")
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
+    return "\n".join(texts)
+
+
+@pytest.mark.parametrize(
+    ("setup", "error"),
+    [
+        ("refused", DownloadRetryable),
+        ("404", DownloadPermanent),
+        ("cut", DownloadRetryable),
+        ("internal", DownloadPermanent),
+        ("loop", DownloadPermanent),
+        ("scheme", DownloadPermanent),
+        ("slow", DownloadRetryable),
+        ("bad-port", DownloadPermanent),
+    ],
+)
+def test_no_error_or_log_line_carries_the_query_string(
+    source: Source,
+    internal: Source,
+    fetch: Callable[..., Any],
+    archive: Path,
+    session: requests.Session,
+    fake: FakeTime,
+    caplog: pytest.LogCaptureFixture,
+    setup: str,
+    error: type[Exception],
+) -> None:
+    url = source.url.replace("sig=secret-token", SIGNED)
+    hop = f"?{SIGNED}&hop=1"
+    limits = AttemptLimits()
+    match setup:
+        case "refused":
+            url = _closed_port_url()
+        case "404":
+            source.switches.status = 404
+        case "cut":
+            source.switches.cuts, source.switches.cut_after = 10, CUT
+        case "internal":
+            source.switches.redirects = [internal.url.replace("?sig=secret-token", hop)]
+        case "loop":
+            source.switches.redirects = [f"/video.mp4{hop}"] * 6
+        case "scheme":
+            source.switches.redirects = [f"ftp://127.0.0.1/video.mp4{hop}"]
+        case "slow":
+            source.switches.trickle, source.switches.trickle_pause = 1000, 0.05
+            limits = AttemptLimits(window_seconds=0.2)
+        case "bad-port":
+            url = f"http://127.0.0.1:99999/video.mp4?{SIGNED}"
+
+    with caplog.at_level(logging.DEBUG, logger="worker"), pytest.raises(error) as caught:
+        download_file(
+            url,
+            archive / "video.mp4",
+            deadline=fake.now + 3600,
+            session=session,
+            limits=limits,
+            max_attempts=2,
+            timeout=(2.0, 5.0),
+            clock=fake.clock,
+            sleep=fake.sleep,
+        )
+
+    assert "secret123" not in _texts(caught.value)
+    assert "secret123" not in caplog.text
+    assert internal.requests == 0
+    assert listing(archive) == []
 
 
 # -- into S3 storage ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import pytest
 import requests
 import standardwebhooks
 
+from worker.netguard import AllowList
 from worker.notify import (
     MAX_ATTEMPTS,
     DeliveryFailed,
@@ -253,3 +254,37 @@ def test_a_given_session_is_used_and_left_open(receiver: Receiver) -> None:
         assert deliver(receiver.url, SECRET, archived(), session=session) == 204
 
     assert [r.headers.get("x-trace") for r in receiver.received] == ["t1", "t1"]
+
+
+# -- URLs that someone other than the operator supplied ---------------------------------------
+
+
+def test_without_an_allow_list_the_operators_url_may_be_internal(receiver: Receiver) -> None:
+    assert deliver(receiver.url, SECRET, archived()) == 204  # NOTIFY_URL: as before
+
+
+def test_with_an_allow_list_an_internal_receiver_is_refused_unreached(
+    receiver: Receiver,
+) -> None:
+    with pytest.raises(DeliveryRejected, match=r"127\.0\.0\.1, a loopback address") as caught:
+        deliver(f"{receiver.url}?token=hidden", SECRET, archived(), allow=AllowList())
+
+    assert "ALLOW_PRIVATE_HOSTS" in str(caught.value)
+    assert "hidden" not in str(caught.value)
+    assert receiver.received == []
+
+
+def test_with_an_allow_list_naming_it_an_internal_receiver_is_reached(
+    receiver: Receiver,
+) -> None:
+    allow = AllowList.parse("127.0.0.1")
+
+    assert deliver(receiver.url, SECRET, archived(), allow=allow) == 204
+    assert len(receiver.received) == 1
+
+
+def test_allow_and_a_session_of_ones_own_do_not_mix(receiver: Receiver) -> None:
+    with requests.Session() as session, pytest.raises(ValueError, match="guarded_session"):
+        deliver(receiver.url, SECRET, archived(), session=session, allow=AllowList())
+
+    assert receiver.received == []

@@ -1,14 +1,17 @@
-"""The pure decisions of worker.download, and write_json_atomic."""
+"""The pure decisions of worker.download (and its pace and error texts), write_json_atomic."""
 
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import stat
 from pathlib import Path
 
 import pytest
+import requests
+import urllib3
 
 from worker.download import (
     Action,
@@ -22,10 +25,13 @@ from worker.download import (
     parse_content_length,
     parse_content_range,
     plan_reply,
+    redirect_target,
     request_headers,
     resume_offset,
     write_json_atomic,
 )
+from worker.pace import AttemptLimits, pace_problem
+from worker.urls import describe_error
 
 MB = 1024 * 1024
 
@@ -342,3 +348,140 @@ def test_write_json_atomic_syncs_the_file_then_the_directory(
     write_json_atomic(tmp_path / "video.json", {"ok": True})
 
     assert events == ["fsync-file", "replace", "fsync-dir"]
+
+
+# -- redirect_target -----------------------------------------------------------------------
+
+BASE = "https://cdn.example/a/v.mp4?sig=s"
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "hops", "target"),
+    [
+        (200, {"Location": "https://x/"}, 0, None),
+        (206, {}, 0, None),
+        (304, {"Location": "https://x/"}, 0, None),  # not a redirect
+        (300, {"Location": "https://x/"}, 0, None),
+        (302, {}, 0, None),  # no Location: plan_reply fails it as HTTP 302
+        (302, {"Location": "  "}, 0, None),
+        (301, {"Location": "https://other.example/v.mp4"}, 0, "https://other.example/v.mp4"),
+        (302, {"location": "http://other.example/v.mp4?t=1"}, 2, "http://other.example/v.mp4?t=1"),
+        (303, {"Location": "/b/v.mp4"}, 0, "https://cdn.example/b/v.mp4"),
+        (307, {"Location": "w.mp4"}, 4, "https://cdn.example/a/w.mp4"),
+        (308, {"Location": "//edge.example/v.mp4"}, 0, "https://edge.example/v.mp4"),
+    ],
+)
+def test_redirect_target(
+    status: int, headers: dict[str, str], hops: int, target: str | None
+) -> None:
+    assert redirect_target(BASE, status, headers, hops=hops) == target
+
+
+@pytest.mark.parametrize(
+    ("headers", "hops", "error"),
+    [
+        ({"Location": "https://x.example/v.mp4"}, 5, "more than 5 redirects"),
+        (
+            {"Location": "https://x.example/v.mp4?sig=hidden"},
+            9,
+            "the next to https://x.example/v.mp4",
+        ),
+        ({"Location": "file:///etc/passwd"}, 0, "only http and https"),
+        ({"Location": "gopher://x.example/"}, 0, "only http and https"),
+        ({"Location": "http://[::1/x"}, 0, "malformed URL"),
+        ({"Location": "http://x.example:99999/v.mp4"}, 0, "malformed URL"),
+    ],
+)
+def test_redirect_target_refuses(headers: dict[str, str], hops: int, error: str) -> None:
+    with pytest.raises(DownloadPermanent, match=re.escape(error)) as caught:
+        redirect_target(BASE, 302, headers, hops=hops)
+    assert "hidden" not in str(caught.value)
+
+
+def test_redirect_target_counts_against_its_own_limit() -> None:
+    headers = {"Location": "/x"}
+    assert redirect_target(BASE, 302, headers, hops=1, max_redirects=2) is not None
+    with pytest.raises(DownloadPermanent, match="more than 2 redirects"):
+        redirect_target(BASE, 302, headers, hops=2, max_redirects=2)
+
+
+# -- pace_problem -----------------------------------------------------------------------------
+
+LIMITS = AttemptLimits(seconds=100.0, min_bytes_per_second=1000.0, window_seconds=10.0)
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "window", "window_bytes", "problem"),
+    [
+        (0.0, 0.0, 0, None),
+        (5.0, 5.0, 0, None),  # the window is not complete yet: not judged
+        (9.9, 9.9, 10, None),
+        (10.0, 10.0, 10_000, None),  # exactly the minimum
+        (10.0, 10.0, 9_999, "too slow: 1000 bytes/s over 10 s, below the minimum of 1000"),
+        (30.0, 12.0, 1_200, "too slow: 100 bytes/s over 12 s"),
+        (99.0, 10.0, 50_000, None),
+        (100.0, 1.0, 50_000, "attempt took 100 s, past its limit of 100 s"),
+        (250.0, 10.0, 0, "past its limit"),  # the time limit is reported first
+    ],
+)
+def test_pace_problem(
+    elapsed: float, window: float, window_bytes: int, problem: str | None
+) -> None:
+    found = pace_problem(LIMITS, elapsed=elapsed, window=window, window_bytes=window_bytes)
+    if problem is None:
+        assert found is None
+    else:
+        assert found is not None
+        assert problem in found
+
+
+def test_a_zero_minimum_turns_the_rate_check_off() -> None:
+    limits = AttemptLimits(seconds=100.0, min_bytes_per_second=0, window_seconds=1.0)
+    assert pace_problem(limits, elapsed=50.0, window=50.0, window_bytes=0) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"seconds": 0}, {"seconds": -1}, {"window_seconds": 0}, {"min_bytes_per_second": -1}],
+)
+def test_attempt_limits_must_be_positive(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="attempt limits"):
+        AttemptLimits(**kwargs)
+
+
+# -- describe_error ---------------------------------------------------------------------------
+
+SIGNED_PATH = "/v.mp4?X-Amz-Signature=secret123"
+
+
+def _connection_error() -> requests.ConnectionError:
+    pool = urllib3.HTTPConnectionPool("cdn.example", 443)
+    refused = ConnectionRefusedError(111, "Connection refused")
+    conn = urllib3.connection.HTTPConnection("cdn.example", 443)
+    reason = urllib3.exceptions.NewConnectionError(conn, f"Failed: {refused}")
+    reason.__cause__ = refused
+    retries = urllib3.exceptions.MaxRetryError(pool, SIGNED_PATH, reason)
+    return requests.ConnectionError(retries)
+
+
+@pytest.mark.parametrize(
+    ("exc", "described"),
+    [
+        (
+            _connection_error(),
+            "ConnectionError (MaxRetryError, NewConnectionError, ConnectionRefusedError): "
+            "Connection refused",
+        ),
+        (requests.ReadTimeout(f"read timed out for {SIGNED_PATH}"), "ReadTimeout"),
+        (
+            urllib3.exceptions.ProtocolError(
+                f"Connection broken at {SIGNED_PATH}", ConnectionResetError(104, "reset by peer")
+            ),
+            "ProtocolError (ConnectionResetError): reset by peer",
+        ),
+        (requests.exceptions.InvalidURL(f"Invalid URL 'http://x{SIGNED_PATH}'"), "InvalidURL"),
+    ],
+)
+def test_describe_error_gives_types_and_never_the_url(exc: Exception, described: str) -> None:
+    assert "secret123" in str(exc)  # what the libraries' own messages carry
+    assert describe_error(exc) == described
