@@ -14,8 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import requests
-
 from bench.stack import BenchService
 from worker.chain import Chain, ChainStatus
 
@@ -53,7 +51,7 @@ def create_chains(
     service: BenchService, bodies: list[dict[str, Any]], *, threads: int = CREATE_THREADS
 ) -> list[str]:
     """POST every body to /chains from ``threads`` threads; the chain ids, in order."""
-    sessions = [requests.Session() for _ in range(threads)]
+    sessions = [service.api_session() for _ in range(threads)]
 
     def create(item: tuple[int, dict[str, Any]]) -> str:
         number, body = item

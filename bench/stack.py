@@ -52,6 +52,12 @@ class BenchService:
         reply.raise_for_status()
         return reply.json()
 
+    def api_session(self) -> requests.Session:
+        """A session that sends the API token, as every client of the API must."""
+        session = requests.Session()
+        session.headers["Authorization"] = f"Bearer {self.env['API_TOKEN']}"
+        return session
+
     def seed(self, duration: float = 5.0) -> dict[str, Any]:
         seeded: dict[str, Any] = self.fake("POST", "/_fake/videos", {"duration": duration})
         return seeded

@@ -53,7 +53,7 @@ def run_lanes(
     errors: list[BaseException] = []
 
     def lane() -> None:
-        session = requests.Session()
+        session = service.api_session()
         try:
             while True:
                 with lock:

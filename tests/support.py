@@ -42,6 +42,11 @@ class Service:
     redis: redis.Redis
     prefix: str
     notes: list[str] = field(default_factory=list)
+    http: requests.Session = field(default_factory=requests.Session)
+    """Sends the API token, as every client of the API must."""
+
+    def __post_init__(self) -> None:
+        self.http.headers["Authorization"] = f"Bearer {self.env['API_TOKEN']}"
 
     def fake(self, method: str, path: str, body: Any = None) -> Any:
         reply = requests.request(method, f"{self.gateway}{path}", json=body, timeout=10)
@@ -60,7 +65,7 @@ class Service:
         return stats
 
     def post_chain(self, body: dict[str, Any]) -> requests.Response:
-        return requests.post(f"{self.api}/chains", json=body, timeout=10)
+        return self.http.post(f"{self.api}/chains", json=body, timeout=10)
 
     def create(self, body: dict[str, Any]) -> dict[str, Any]:
         reply = self.post_chain(body)
@@ -69,7 +74,7 @@ class Service:
         return chain
 
     def chain(self, chain_id: str) -> dict[str, Any]:
-        reply = requests.get(f"{self.api}/chains/{chain_id}", timeout=10)
+        reply = self.http.get(f"{self.api}/chains/{chain_id}", timeout=10)
         reply.raise_for_status()
         chain: dict[str, Any] = reply.json()
         return chain
@@ -172,3 +177,4 @@ def stop_service(service: Service) -> None:
     if keys:
         service.redis.delete(*keys)
     service.redis.close()
+    service.http.close()

@@ -11,7 +11,10 @@ import hashlib
 import hmac
 import json
 import logging
+import math
+import re
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -36,9 +39,9 @@ from worker import tokens
 from worker.archiver import ARCHIVE_TASK_TASK
 from worker.chain import new_chain
 from worker.runner import REFRESH_TASK, SUBMIT_TASK
-from worker.settings import Settings, get_settings, reveal
+from worker.settings import ConfigError, Settings, get_settings
 from worker.store import Store, Timing, UnknownChain
-from worker.videos import Videos, VideoState, at_risk
+from worker.videos import SAFE_ID, Videos, VideoState, at_risk
 
 KINDS = ("video-extend", "text2video", "image2video")
 
@@ -47,10 +50,47 @@ log = logging.getLogger(__name__)
 MAX_CALLBACK_BYTES = 64 * 1024
 IDEMPOTENCY_TTL = 24 * 3600
 MAX_REQUEST_BYTES = 256 * 1024
+ARCHIVE_DEDUPE_SECONDS = 24 * 3600
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def parse_json(body: bytes) -> Any:
+    """The body as JSON; ValueError for what is not JSON, nested past Python's stack included."""
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise ValueError("the JSON is nested too deeply") from None
+
+
+def finite(raw: str | None) -> float | None:
+    """A query parameter that must be a finite number (a created_at), or None when absent."""
+    if raw is None:
+        return None
+    value = float(raw)  # ValueError for words
+    if not math.isfinite(value):
+        raise ValueError(f"{raw!r} is not a finite number")
+    return value
+
+
+_CALLBACK_TOKEN = re.compile(r"^(/callbacks/(?:archive/[^/]+|[^/]+/[^/]+)/)[^/?]+")
+
+
+def redact_path(path: str) -> str:
+    """A request path safe to log: the secret token of a callback URL replaced."""
+    return _CALLBACK_TOKEN.sub(r"\1<token>", path)
+
+
+class RedactCallbackTokens(logging.Filter):
+    """Keep callback tokens out of uvicorn's access log, which prints whole paths."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_path(args[2]), *args[3:])
+        return True
 
 
 async def read_capped(request: Request, limit: int) -> bytes:
@@ -79,9 +119,9 @@ class Web:
     async def create_chain(self, request: Request) -> Response:
         body = await read_capped(request, MAX_REQUEST_BYTES)
         try:
-            data = json.loads(body or b"null")
-        except ValueError:
-            return error(400, "the body is not valid JSON")
+            data = parse_json(body or b"null")
+        except ValueError as exc:
+            return error(400, f"the body is not valid JSON: {exc}")
         if not isinstance(data, dict):
             return error(422, "the body must be a JSON object", details=[])
         try:
@@ -134,8 +174,7 @@ class Web:
     async def list_chains(self, request: Request) -> Response:
         try:
             limit = int(request.query_params.get("limit", "20"))
-            raw_before = request.query_params.get("before")
-            before = float(raw_before) if raw_before is not None else None
+            before = finite(request.query_params.get("before"))
         except ValueError:
             return error(422, "limit must be an integer and before a number (a created_at)")
         if not 1 <= limit <= 100:
@@ -160,11 +199,13 @@ class Web:
             return error(403, "invalid callback token")
         body = await read_capped(request, MAX_CALLBACK_BYTES)
         try:
-            task = parse_task(json.loads(body))
+            task = parse_task(parse_json(body))
         except (ValueError, KlingError) as exc:
             return error(400, f"not a Kling task object: {exc}")
-        # A callback is only a hint: the worker confirms it with a query before acting.
-        await self.enqueue(REFRESH_TASK, chain_id, index)
+        # A callback is only a hint: the worker confirms it with a query before acting. The
+        # task it names is a candidate for a step whose create reply has not come home yet.
+        candidate = task.task_id if SAFE_ID.match(task.task_id) else None
+        await self.enqueue(REFRESH_TASK, chain_id, index, candidate)
         log.debug("callback %s/%s: task %s %s", chain_id, index, task.task_id, task.status)
         return JSONResponse({"ok": True})
 
@@ -177,13 +218,29 @@ class Web:
             return error(403, "invalid callback token")
         body = await read_capped(request, MAX_CALLBACK_BYTES)
         try:
-            task = parse_task(json.loads(body))
+            task = parse_task(parse_json(body))
         except (ValueError, KlingError) as exc:
             return error(400, f"not a Kling task object: {exc}")
+        if not SAFE_ID.match(task.task_id):
+            return error(400, "task_id must be 1-128 characters of letters, digits, _ . -")
+        queued = False
         if task.status.terminal:  # earlier statuses carry no video; the final one will come
-            await self.enqueue(ARCHIVE_TASK_TASK, kind, task.task_id, "callback")
+            queued = await self._queue_archive(kind, task.task_id, "callback")
         log.info("archive callback: %s task %s %s", kind, task.task_id, task.status)
-        return JSONResponse({"ok": True})
+        return JSONResponse({"ok": True, "queued": queued})
+
+    async def _queue_archive(self, kind: str, task_id: str, origin: str) -> bool:
+        """Queue one query of a task for archiving, unless it is queued or done already.
+
+        The account-wide callback URL is a credential that may leak: however often a task
+        is named, it costs one provider query a day at most.
+        """
+        fresh = await run_in_threadpool(
+            lambda: self.videos.ask(kind, task_id, origin, ttl=ARCHIVE_DEDUPE_SECONDS)
+        )
+        if fresh:
+            await self.enqueue(ARCHIVE_TASK_TASK, kind, task_id, origin)
+        return fresh
 
     async def request_archive(self, request: Request) -> Response:
         body = await read_capped(request, MAX_REQUEST_BYTES)
@@ -191,16 +248,19 @@ class Web:
             req = ArchiveRequest.model_validate_json(body or b"null")
         except ValidationError as exc:
             return error(422, "invalid archive request", details=problems(exc))
+        queued: list[dict[str, str]] = []
+        known: list[dict[str, str]] = []
         for task in req.tasks:
-            await self.enqueue(ARCHIVE_TASK_TASK, task.kind, task.task_id, "request")
-        return JSONResponse({"queued": [t.model_dump() for t in req.tasks]}, status_code=202)
+            fresh = await self._queue_archive(task.kind, task.task_id, "request")
+            (queued if fresh else known).append(task.model_dump())
+        return JSONResponse({"queued": queued, "already_queued": known}, status_code=202)
 
     def _paging(self, request: Request) -> tuple[VideoState | None, int, float | None]:
         q = request.query_params
         try:
             state = VideoState(q["state"]) if "state" in q else None
             limit = int(q.get("limit", "50"))
-            before = float(q["before"]) if "before" in q else None
+            before = finite(q.get("before"))
         except ValueError as exc:
             raise HTTPException(
                 422, "state must be pending, archived or lost; limit an integer; before a number"
@@ -258,27 +318,41 @@ class Web:
 
 
 class RequireToken:
-    """Bearer-token check for the API (``API_TOKEN``); callbacks and health stay open.
+    """Bearer-token check for the API (``API_TOKEN``); only callbacks and health stay open.
 
-    Callback routes carry their own per-URL tokens, and health checks come from load balancers.
+    Callback routes carry their own per-URL tokens, and health checks come from load
+    balancers. A body sent to the API must be JSON (415 otherwise): no web page can then
+    start work with a plain form or ``text/plain`` post, even with ``API_AUTH=off``.
     """
 
     OPEN = ("/callbacks/", "/healthz")
+    WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.expected is None or scope["type"] != "http" or scope["path"].startswith(self.OPEN):
+        if scope["type"] != "http" or scope["path"].startswith(self.OPEN):
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"authorization", b"")
-        if hmac.compare_digest(given, self.expected):
-            await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.expected is not None and not hmac.compare_digest(
+            headers.get(b"authorization", b""), self.expected
+        ):
+            reply = error(401, "missing or wrong API token (Authorization: Bearer $API_TOKEN)")
+            await reply(scope, receive, send)
             return
-        reply = error(401, "missing or wrong API token (Authorization: Bearer $API_TOKEN)")
-        await reply(scope, receive, send)
+        if scope["method"] in self.WITH_BODY and not _is_json(headers.get(b"content-type")):
+            reply = error(415, "send the request body as JSON (Content-Type: application/json)")
+            await reply(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+def _is_json(content_type: bytes | None) -> bool:
+    media = (content_type or b"").split(b";", 1)[0].strip().lower()
+    return media == b"application/json"
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -287,12 +361,28 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 
 async def _redis_down(request: Request, exc: Exception) -> Response:
-    log.error("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+    path = redact_path(request.url.path)
+    log.error("Redis unavailable during %s %s: %s", request.method, path, exc)
     return error(503, "the state store (Redis) is unavailable; try again shortly")
 
 
 def create_app(settings: Settings | None = None, send_task: Any = None) -> Starlette:
-    settings = settings or get_settings()
+    """The web app; a configuration that is not safe to serve ends the process (exit 2)."""
+    try:
+        settings = settings or get_settings()
+        token = settings.api_bearer()
+        settings.secret()
+    except ConfigError as exc:
+        print(f"kling-chain web: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if token is None:
+        log.warning(
+            "API_AUTH=off: the API (which starts paid work) answers anyone who can reach "
+            "this port; keep it on a private network"
+        )
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactCallbackTokens) for f in access.filters):
+        access.addFilter(RedactCallbackTokens())
     timing = Timing(
         poll_after=settings.poll_after_seconds,
         submit_lease=settings.submit_lease_seconds,
@@ -326,7 +416,7 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             Route("/archive/callback-urls", web.callback_urls, methods=["GET"]),
             Route("/metrics", web.metrics, methods=["GET"]),
         ],
-        middleware=[Middleware(RequireToken, token=reveal(settings.api_token))],
+        middleware=[Middleware(RequireToken, token=token)],
         exception_handlers={
             HTTPException: _http_error,
             redis.RedisError: _redis_down,

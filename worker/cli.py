@@ -7,11 +7,14 @@ import json
 import os
 import sys
 import time
+import uuid
 from typing import Any, TextIO
 
 import requests
 
 DEFAULT_API = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
+CREATE_ATTEMPTS = 3  # a create that timed out is sent again with the same Idempotency-Key
+RETRY_PAUSE = 1.0  # seconds before the second attempt; twice that before the third
 
 
 class CliError(Exception):
@@ -25,11 +28,17 @@ class Api:
         token = token if token is not None else os.environ.get("API_TOKEN")
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
-    def _call(self, method: str, path: str, body: Any = None) -> Any:
+    def _call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> Any:
         url = f"{self.base}{path}"
         try:
             reply = requests.request(
-                method, url, json=body, timeout=self.timeout, headers=self.headers
+                method,
+                url,
+                json=body,
+                timeout=self.timeout,
+                headers={**self.headers, **(headers or {})},
             )
         except requests.RequestException as exc:
             raise CliError(
@@ -50,9 +59,25 @@ class Api:
             )
         return data
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/chains", body)
-        return result
+    def create(self, body: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+        """Start a chain. The Idempotency-Key makes a retry after a lost reply return the
+        chain the first attempt started, never a second paid one."""
+        headers = {"Idempotency-Key": key or f"cli-{uuid.uuid4()}"}
+        for attempt in range(1, CREATE_ATTEMPTS):
+            try:
+                first: dict[str, Any] = self._call("POST", "/chains", body, headers)
+                return first
+            except CliError as exc:
+                if not isinstance(exc.__cause__, requests.Timeout | requests.ConnectionError):
+                    raise
+                print(
+                    f"kling-chain: no reply ({type(exc.__cause__).__name__}); asking again "
+                    f"with the same Idempotency-Key {headers['Idempotency-Key']}",
+                    file=sys.stderr,
+                )
+                time.sleep(RETRY_PAUSE * attempt)
+        last: dict[str, Any] = self._call("POST", "/chains", body, headers)
+        return last
 
     def get(self, chain_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/chains/{chain_id}")
@@ -103,6 +128,10 @@ def watch(api: Api, chain_id: str, out: TextIO, *, interval: float = 1.0) -> dic
         time.sleep(interval)
 
 
+def _seconds(value: float | None) -> str:
+    return "length unknown" if value is None else f"{value:g} s"
+
+
 def summary(chain: dict[str, Any]) -> str:
     lines = [f"chain {chain['id']}: {chain['status']}"]
     if chain.get("end_reason"):
@@ -114,15 +143,15 @@ def summary(chain: dict[str, Any]) -> str:
     for entry in chain.get("archive", []):
         if entry["status"] == "done":
             lines.append(
-                f"  archived {entry['video_id']} ({entry['duration']:g} s, {entry['bytes']} bytes) "
-                f"-> {entry['path']}"
+                f"  archived {entry['video_id']} ({_seconds(entry['duration'])}, "
+                f"{entry['bytes']} bytes) -> {entry['path']}"
             )
         else:
             lines.append(f"  {entry['status']} {entry['video_id']}: {entry.get('error') or ''}")
     done = [e for e in chain.get("archive", []) if e["status"] == "done"]
     if done:
         newest = done[-1]
-        lines.append(f"final video: {newest['path']} ({newest['duration']:g} s)")
+        lines.append(f"final video: {newest['path']} ({_seconds(newest['duration'])})")
     return "\n".join(lines)
 
 
@@ -145,7 +174,7 @@ def _extend(args: argparse.Namespace) -> int:
         else:
             body["prompts"] = args.prompt
     api = Api(args.api)
-    chain = api.create(body)
+    chain = api.create(body, key=args.idempotency_key)
     print(f"chain {chain['id']} queued")
     if not args.wait:
         print(f"follow it with: kling-chain status {chain['id']}")
@@ -212,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--cfg-scale", type=float)
     ext.add_argument("--source-duration", type=float, help="length of VIDEO_ID, if known")
     ext.add_argument("--wait", action="store_true", help="show progress until the chain ends")
+    ext.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="the same KEY always gets the same chain (default: a fresh one per command; "
+        "retries after a timeout reuse it)",
+    )
     ext.set_defaults(run=_extend)
 
     st = sub.add_parser("status", help="show a chain")
@@ -257,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             from worker.demo import run_demo
 
-            return run_demo(target=args.target, delay=args.delay, archive_dir=args.archive_dir)
+            try:
+                return run_demo(target=args.target, delay=args.delay, archive_dir=args.archive_dir)
+            except RuntimeError as exc:  # e.g. the demo extra is not installed
+                raise CliError(str(exc)) from exc
         code: int = args.run(args)
         return code
     except CliError as exc:

@@ -30,6 +30,7 @@ The same service against a real provider and a real Redis (see README, "Configur
   export KLING_BASE_URL=https://api-singapore.klingai.com   # or a gateway, e.g. https://gw/kling
   export KLING_ACCESS_KEY=... KLING_SECRET_KEY=...          # or KLING_API_KEY=sk-... for gateways
   export PUBLIC_URL=https://your-host   CALLBACK_SECRET=$(openssl rand -hex 32)
+  export API_TOKEN=$(openssl rand -hex 32)                  # the API and the CLI need it
   honcho start        # or any Procfile runner: web, worker and beat
   kling-chain extend VIDEO_ID --task-id TASK_ID --to 30 --wait
 """
@@ -83,9 +84,10 @@ def run_demo(*, target: float, delay: float, archive_dir: str) -> int:
             wait_http(f"http://127.0.0.1:{web_port}/healthz", proc=stack.procs.get("web"))
             print(
                 f"demo: web, worker and beat running (Procfile); API at http://127.0.0.1:{web_port}"
+                f" with API_TOKEN={env['API_TOKEN']}"
             )
 
-            api = Api(f"http://127.0.0.1:{web_port}")
+            api = Api(f"http://127.0.0.1:{web_port}", token=env["API_TOKEN"])
             chain = api.create(
                 {
                     "video_id": seed["video_id"],

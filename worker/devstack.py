@@ -19,6 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
+from urllib.parse import urlsplit
 
 import requests
 
@@ -139,7 +140,13 @@ class Stack:
 @contextmanager
 def embedded_redis(port: int) -> Iterator[str]:
     """An in-process Redis-compatible server (fakeredis), for the no-install demo."""
-    from fakeredis import TcpFakeServer
+    try:
+        from fakeredis import TcpFakeServer
+    except ImportError:
+        raise RuntimeError(
+            "the demo's embedded Redis needs the demo extra: pip install 'kling-chain[demo]' "
+            "(or point REDIS_URL at a Redis server and run the Procfile)"
+        ) from None
 
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     thread = threading.Thread(target=server.serve_forever, daemon=True, name="embedded-redis")
@@ -168,7 +175,10 @@ def local_env(
         "KLING_API_KEY": api_key,
         "PUBLIC_URL": f"http://127.0.0.1:{web_port}",
         "CALLBACK_SECRET": secrets.token_hex(32),
+        "API_TOKEN": secrets.token_urlsafe(32),
         "ARCHIVE_DIR": str(root / "archive"),
+        # The gateway's file URLs are on this machine: let downloads reach that host only.
+        "ALLOW_PRIVATE_HOSTS": urlsplit(gateway).hostname or "127.0.0.1",
         "PORT": str(web_port),
         "WORKER_CONCURRENCY": "2",
         "BEAT_SCHEDULE": str(root / "beat-schedule"),

@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
-
-import requests
 
 from tests.support import Service, sha256_file
 
 CLI = [sys.executable, "-m", "worker.cli"]
 
 
-def run_cli(service: Service, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    service: Service, *args: str, timeout: float = 120, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*CLI, "--api", service.api, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        env={**os.environ, "API_TOKEN": token or service.env["API_TOKEN"]},
     )
 
 
@@ -57,6 +59,15 @@ def test_cli_bad_input_is_a_clear_message_not_a_traceback(service: Service) -> N
     assert service.stats()["creates_total"] == before
 
 
+def test_cli_with_a_wrong_token_is_told_so_and_starts_nothing(service: Service) -> None:
+    before = service.stats()["creates_total"]
+    done = run_cli(service, "extend", "vid1", "--steps", "1", token="not-the-token")
+    assert done.returncode == 2
+    assert "API token" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert service.stats()["creates_total"] == before
+
+
 def test_cli_says_when_the_service_is_unreachable() -> None:
     done = subprocess.run(
         [*CLI, "--api", "http://127.0.0.1:9", "status", "x"],
@@ -77,7 +88,7 @@ def test_http_api_through_the_procfile_processes(service: Service) -> None:
     final = service.wait(chain["id"])
     assert final["status"] == "succeeded", final
     assert final["duration"] >= 12
-    listed = requests.get(f"{service.api}/chains", timeout=5).json()["chains"]
+    listed = service.http.get(f"{service.api}/chains", timeout=5).json()["chains"]
     assert chain["id"] in [c["id"] for c in listed]
 
 

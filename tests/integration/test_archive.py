@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -88,7 +89,7 @@ def svc(
 def wait_archived(svc: Service, video_id: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for video in requests.get(f"{svc.api}/archive?limit=500", timeout=5).json()["videos"]:
+        for video in svc.http.get(f"{svc.api}/archive?limit=500", timeout=5).json()["videos"]:
             if video["video_id"] == video_id and video["state"] != "pending":
                 return video  # type: ignore[no-any-return]
         time.sleep(0.1)
@@ -121,7 +122,7 @@ def finished_video(svc: Service, kind: str, task_id: str) -> dict[str, Any]:
 
 def test_outside_task_is_archived_from_its_callback(svc: Service, receiver: Receiver) -> None:
     # Given the account's other software pointing a task's callback at the archive route
-    urls = requests.get(f"{svc.api}/archive/callback-urls", timeout=5).json()
+    urls = svc.http.get(f"{svc.api}/archive/callback-urls", timeout=5).json()
     task = gateway_task(
         svc, "text2video", {"prompt": "a koi pond", "callback_url": urls["text2video"]}
     )
@@ -148,7 +149,7 @@ def test_outside_task_is_archived_from_its_callback(svc: Service, receiver: Rece
 
 
 def test_forged_archive_callback_is_refused(svc: Service) -> None:
-    reply = requests.post(
+    reply = svc.http.post(
         f"{svc.api}/callbacks/archive/text2video/{'A' * 32}",
         json={"task_id": "t", "task_status": "succeed"},
         timeout=5,
@@ -158,7 +159,7 @@ def test_forged_archive_callback_is_refused(svc: Service) -> None:
 
 def test_post_archive_and_cli_queue_tasks(svc: Service) -> None:
     first, second = svc.seed(5.0), svc.seed(10.0)
-    reply = requests.post(
+    reply = svc.http.post(
         f"{svc.api}/archive",
         json={"tasks": [{"task_id": first["task_id"], "kind": "text2video"}]},
         timeout=5,
@@ -180,13 +181,14 @@ def test_post_archive_and_cli_queue_tasks(svc: Service) -> None:
         text=True,
         timeout=30,
         check=False,
+        env={**os.environ, "API_TOKEN": svc.env["API_TOKEN"]},
     )
     assert done.returncode == 0, done.stderr
     for seed in (first, second):
         record = wait_archived(svc, seed["video_id"])
         assert record["state"] == "archived"
         assert record["sha256"] == svc.gateway_sha256(seed["video_id"])
-    bad = requests.post(
+    bad = svc.http.post(
         f"{svc.api}/archive", json={"tasks": [{"task_id": "x", "kind": "song"}]}, timeout=5
     )
     assert bad.status_code == 422
@@ -194,15 +196,15 @@ def test_post_archive_and_cli_queue_tasks(svc: Service) -> None:
 
 
 def test_manifest_pages_filters_and_exports_json_lines(svc: Service) -> None:
-    archived = requests.get(f"{svc.api}/archive?state=archived&limit=1", timeout=5).json()
+    archived = svc.http.get(f"{svc.api}/archive?state=archived&limit=1", timeout=5).json()
     assert len(archived["videos"]) == 1
     assert archived["next_before"] is not None
     assert archived["counts"]["archived"] >= 1
-    lines = requests.get(f"{svc.api}/archive.jsonl?state=archived", timeout=5).text.splitlines()
+    lines = svc.http.get(f"{svc.api}/archive.jsonl?state=archived", timeout=5).text.splitlines()
     assert len(lines) == archived["counts"]["archived"]
     assert all(json.loads(line)["state"] == "archived" for line in lines)
-    assert requests.get(f"{svc.api}/archive?state=maybe", timeout=5).status_code == 422
-    metrics = requests.get(f"{svc.api}/metrics", timeout=5).text
+    assert svc.http.get(f"{svc.api}/archive?state=maybe", timeout=5).status_code == 422
+    metrics = svc.http.get(f"{svc.api}/metrics", timeout=5).text
     assert 'kc_videos{state="archived"}' in metrics
 
 
@@ -295,7 +297,7 @@ def test_s3_archive_through_the_whole_service(
     )
     try:
         seed = svc.seed(10.0)
-        requests.post(
+        svc.http.post(
             f"{svc.api}/archive",
             json={"tasks": [{"task_id": seed["task_id"], "kind": "text2video"}]},
             timeout=5,

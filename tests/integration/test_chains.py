@@ -137,12 +137,12 @@ def test_invalid_requests_get_422_naming_field_and_rule(
 
 
 def test_unknown_chain_is_404_and_listing_is_newest_first(service: Service) -> None:
-    assert requests.get(f"{service.api}/chains/nope", timeout=5).status_code == 404
+    assert service.http.get(f"{service.api}/chains/nope", timeout=5).status_code == 404
     first = service.create({"text_prompt": "one", "steps": 1})
     second = service.create({"text_prompt": "two", "steps": 1})
-    listed = requests.get(f"{service.api}/chains?limit=2", timeout=5).json()
+    listed = service.http.get(f"{service.api}/chains?limit=2", timeout=5).json()
     assert [c["id"] for c in listed["chains"]] == [second["id"], first["id"]]
-    more = requests.get(
+    more = service.http.get(
         f"{service.api}/chains?limit=2&before={listed['next_before']}", timeout=5
     ).json()
     assert first["id"] not in [c["id"] for c in more["chains"]]
@@ -151,7 +151,7 @@ def test_unknown_chain_is_404_and_listing_is_newest_first(service: Service) -> N
 
 
 def test_healthz_reports_redis(service: Service) -> None:
-    reply = requests.get(f"{service.api}/healthz", timeout=5)
+    reply = service.http.get(f"{service.api}/healthz", timeout=5)
     assert reply.status_code == 200
     assert reply.json() == {"redis": True}
 
@@ -162,6 +162,7 @@ def test_healthz_is_503_when_redis_is_down(tmp_path: Path) -> None:
     env = {
         "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
         "CALLBACK_SECRET": "x" * 32,
+        "API_TOKEN": "t" * 32,
         "KLING_API_KEY": "k",
         "PORT": str(port),
     }
@@ -184,9 +185,12 @@ def test_healthz_is_503_when_redis_is_down(tmp_path: Path) -> None:
 def test_concurrent_retries_with_one_idempotency_key_make_one_chain(service: Service) -> None:
     seed = service.seed(5.0)
     body = {"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": 1}
-    headers = {"Idempotency-Key": f"retry-{seed['video_id']}"}
+    headers = {
+        "Idempotency-Key": f"retry-{seed['video_id']}",
+        "Authorization": f"Bearer {service.env['API_TOKEN']}",
+    }
 
-    def post(_: int) -> requests.Response:
+    def post(_: int) -> requests.Response:  # one session per thread: requests' are not shared
         return requests.post(f"{service.api}/chains", json=body, headers=headers, timeout=10)
 
     with ThreadPoolExecutor(10) as pool:
