@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import psutil  # type: ignore[import-untyped]
 import requests
 
-from worker.devstack import free_port, python_module, wait_http
+from chainctl.devstack import free_port, python_module, wait_http
 
 MB = 1024 * 1024
 GOAL_MB = 50.0
@@ -51,8 +51,8 @@ REGION = "us-east-1"
 
 def _child(args: argparse.Namespace) -> int:
     """Build the storage, say ready, wait for go, download, print the result as JSON."""
-    from worker.download import download_into
-    from worker.netguard import AllowList, guarded_session
+    from worker.outbound.download import download_into
+    from worker.outbound.netguard import AllowList, guarded_session
     from worker.storage import Storage
     from worker.storage.local import LocalStorage
     from worker.storage.s3 import S3Storage, s3_client

@@ -1,4 +1,4 @@
-"""The archiving process of the download benchmark: one ``worker.download.download_file``.
+"""The archiving process of the download benchmark: one ``worker.outbound.download.download_file``.
 
 ``python -m bench.archiver URL DEST`` imports everything, prints ``ready`` and waits for a line
 on stdin, so the parent can sample its idle RSS; then downloads URL to DEST exactly as the
@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from worker.download import download_file
-from worker.netguard import AllowList
+from worker.outbound.download import download_file
+from worker.outbound.netguard import AllowList
 
 
 def main(argv: list[str]) -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.stack import BenchService
-from worker.chain import Chain, ChainStatus
+from worker.core.chain import Chain, ChainStatus
 
 FINISHED = frozenset({ChainStatus.SUCCEEDED.value, ChainStatus.FAILED.value})
 CREATE_THREADS = 8

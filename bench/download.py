@@ -1,5 +1,6 @@
-"""Archive download: throughput of ``worker.download.download_file`` on a 500 MB video, against
-``curl -o`` of the same URL in the same run, and the archiving process's peak RSS over idle.
+"""Archive download: throughput of ``worker.outbound.download.download_file`` on a 500 MB
+video, against ``curl -o`` of the same URL in the same run, and the archiving process's peak
+RSS over idle.
 
 The fake gateway serves the file (``--bytes-per-second`` sets the size per second of video,
 ``POST /_fake/videos {"duration": D}`` makes one of D seconds; no throttling). Each round runs

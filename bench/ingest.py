@@ -2,7 +2,7 @@
 
 The web process runs the Procfile's command (one uvicorn process, loopback only) against
 Redis; the load POSTs realistic task bodies to ``/callbacks/{chain}/{step}/{token}`` with
-valid tokens (``worker.tokens.sign`` under the run's ``CALLBACK_SECRET``), so every request
+valid tokens (``worker.core.tokens.sign`` under the run's ``CALLBACK_SECRET``), so every request
 goes the whole way: token check, body parse, and a Celery task published to Redis. No worker
 runs; the queue's length afterwards must match the answered requests, and it is deleted.
 
@@ -29,8 +29,8 @@ from bench.stack import (
     procfile_commands,
     stop_stack,
 )
-from worker import tokens
-from worker.devstack import Stack, free_port, wait_http
+from chainctl.devstack import Stack, free_port, wait_http
+from worker.core import tokens
 
 DISTINCT_PATHS = 1000
 CONNECTIONS = 32

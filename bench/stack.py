@@ -20,7 +20,7 @@ from typing import Any
 import redis
 import requests
 
-from worker.devstack import Stack, find_procfile, free_port, local_env, python_module, wait_http
+from chainctl.devstack import Stack, find_procfile, start_local
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 LOOPBACK = "127.0.0.1"
@@ -128,22 +128,12 @@ def new_prefix() -> tuple[str, str]:
     return prefix, f"{prefix}queue"
 
 
-def service_env(
-    root: Path, *, prefix: str, queue: str, gateway: str, api_key: str, web_port: int
-) -> dict[str, str]:
-    """The service's configuration for a benchmark run (README, "Configuration")."""
-    return local_env(
-        redis_url=REDIS_URL,
-        gateway=gateway,
-        api_key=api_key,
-        web_port=web_port,
-        root=root,
-        key_prefix=prefix,
-        celery_queue=queue,
-        poll_after_seconds="30",
-        sweep_seconds="5",
-        worker_concurrency="4",
-    )
+BENCH_SETTINGS = {
+    "poll_after_seconds": "30",
+    "sweep_seconds": "5",
+    "worker_concurrency": "4",
+}
+"""The benchmark's configuration over ``local_env`` (README, "Configuration")."""
 
 
 def procfile_commands() -> dict[str, str]:
@@ -176,54 +166,40 @@ def start_service(
     (upper-cased into the environment) over the benchmark's defaults. Returns once the web
     process answers and the worker is ready."""
     stack = Stack(root / "logs")
-    gateway_port, web_port = free_port(), free_port()
-    api_key = secrets.token_hex(8)
     prefix, queue = new_prefix()
-    gateway = f"http://{LOOPBACK}:{gateway_port}"
-    args = [
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(gateway_port),
-        "--delay",
-        str(delay),
-        "--api-key",
-        api_key,
-        "--bytes-per-second",
-        str(bytes_per_second),
-        "--log-level",
-        "warning",
-    ]
+    gateway_args = ["--bytes-per-second", str(bytes_per_second), "--log-level", "warning"]
     if gateway_faults:
-        args += ["--faults", gateway_faults]
-    proc = stack.start("gateway", python_module("kling.fake", *args), {})
-    env = service_env(
-        root, prefix=prefix, queue=queue, gateway=gateway, api_key=api_key, web_port=web_port
-    )
-    env.update({k.upper(): v for k, v in settings.items()})
+        gateway_args += ["--faults", gateway_faults]
+    commands = procfile_commands()
+    if web_command is not None:
+        commands["web"] = web_command
     client = redis.Redis.from_url(REDIS_URL)
-    service = BenchService(
+    try:
+        local = start_local(
+            stack,
+            root,
+            redis_url=REDIS_URL,
+            delay=delay,
+            gateway_args=tuple(gateway_args),
+            processes=processes,
+            commands=commands,
+            host=LOOPBACK,
+            **{**BENCH_SETTINGS, "key_prefix": prefix, "celery_queue": queue, **settings},
+        )
+        if "worker" in processes:
+            wait_worker_ready(stack)
+    except BaseException:
+        stop_stack(stack)
+        cleanup_keys(client, prefix, queue)
+        client.close()
+        raise
+    return BenchService(
         stack=stack,
-        gateway=gateway,
-        api=f"http://{LOOPBACK}:{web_port}",
-        env=env,
+        gateway=local.gateway,
+        api=local.api,
+        env=local.env,
         redis=client,
         prefix=prefix,
         queue=queue,
-        api_key=api_key,
+        api_key=local.api_key,
     )
-    try:
-        wait_http(f"{gateway}/_fake/stats", proc=proc)
-        commands = procfile_commands()
-        if web_command is not None:
-            commands["web"] = web_command
-        for name in processes:
-            stack.start(name, commands[name], env)
-        if "web" in processes:
-            wait_http(f"{service.api}/healthz", proc=stack.procs["web"])
-        if "worker" in processes:
-            wait_worker_ready(stack)
-    except Exception:
-        service.close()
-        raise
-    return service

@@ -34,7 +34,7 @@ from bench.chains import FINISHED, chain_body, seed_videos
 from bench.report import Section, percentile
 from bench.stack import STAMPED_WEB, BenchService, start_service
 from bench.stamps import STAMPS_PATH
-from worker.chain import Chain
+from worker.core.chain import Chain
 
 GOAL_P99_MS = 50.0
 POLL_INTERVAL_S = 5.0

@@ -18,6 +18,7 @@ from kling.errors import InvalidRequest, MalformedReply, error_for
 
 __all__ = [
     "MAX_PROMPT_CHARS",
+    "VIDEO_LIFETIME_SECONDS",
     "ExtendRequest",
     "Task",
     "TaskKind",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 MAX_PROMPT_CHARS = 2500
+VIDEO_LIFETIME_SECONDS = 30 * 24 * 3600.0
+"""The provider deletes every generated video this long after it was made."""
 TEXT2VIDEO_DURATIONS = (5, 10)
 
 

@@ -12,14 +12,7 @@ from typing import Any
 import redis
 import requests
 
-from worker.devstack import (
-    Stack,
-    find_procfile,
-    free_port,
-    local_env,
-    python_module,
-    wait_http,
-)
+from chainctl.devstack import Stack, start_local
 
 
 def sha256_file(path: Path) -> str:
@@ -114,57 +107,33 @@ def start_service(
     **settings: str,
 ) -> Service:
     """Start the gateway and the Procfile processes exactly as written, with test settings."""
-    stack = Stack(root / "logs")
-    gateway_port, web_port = free_port(), free_port()
-    api_key = secrets.token_hex(8)
     prefix = f"test-{secrets.token_hex(4)}:"
-    gateway = f"http://127.0.0.1:{gateway_port}"
-    proc = stack.start(
-        "gateway",
-        python_module(
-            "kling.fake",
-            "--port",
-            str(gateway_port),
-            "--delay",
-            str(delay),
-            "--api-key",
-            api_key,
-            "--bytes-per-second",
-            "4000",
-            *gateway_args,
-        ),
-        {},
-    )
-    env = local_env(
-        redis_url=redis_url,
-        gateway=gateway,
-        api_key=api_key,
-        web_port=web_port,
-        root=root,
-        key_prefix=prefix,
-        celery_queue=f"{prefix}queue",
-        **{
-            "poll_after_seconds": "30",
-            "sweep_seconds": "1",
-            "recheck_after_seconds": "1",
-            **settings,
-        },
-    )
+    stack = Stack(root / "logs")
     try:
-        wait_http(f"{gateway}/_fake/stats", proc=proc)
-        commands = find_procfile()
-        for name in processes:
-            stack.start(name, commands[name], env)
-        if "web" in processes:
-            wait_http(f"http://127.0.0.1:{web_port}/healthz", proc=stack.procs["web"])
-    except Exception:
+        local = start_local(
+            stack,
+            root,
+            redis_url=redis_url,
+            delay=delay,
+            gateway_args=("--bytes-per-second", "4000", *gateway_args),
+            processes=processes,
+            key_prefix=prefix,
+            celery_queue=f"{prefix}queue",
+            **{
+                "poll_after_seconds": "30",
+                "sweep_seconds": "1",
+                "recheck_after_seconds": "1",
+                **settings,
+            },
+        )
+    except BaseException:
         stack.stop()
         raise
     return Service(
-        stack=stack,
-        gateway=gateway,
-        api=f"http://127.0.0.1:{web_port}",
-        env=env,
+        stack=local.stack,
+        gateway=local.gateway,
+        api=local.api,
+        env=local.env,
         archive=root / "archive",
         redis=redis.Redis.from_url(redis_url),
         prefix=prefix,

@@ -6,8 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from kling.models import MAX_PROMPT_CHARS
-from worker.chain import MAX_STEP_SECONDS, MAX_TOTAL_SECONDS, Spec
+from kling.models import MAX_PROMPT_CHARS, TaskKind
+from worker.core.chain import MAX_STEP_SECONDS, MAX_TOTAL_SECONDS, Spec
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
@@ -75,7 +75,7 @@ class ArchiveTask(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task_id: Id
-    kind: Literal["video-extend", "text2video", "image2video"] = "video-extend"
+    kind: TaskKind = TaskKind.VIDEO_EXTEND
 
 
 class ArchiveRequest(BaseModel):

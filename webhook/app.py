@@ -33,17 +33,18 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kling.errors import KlingError
-from kling.models import parse_task
+from kling.models import TaskKind, parse_task
 from webhook.api import ArchiveRequest, ChainRequest, problems
-from worker import tokens
-from worker.archiver import ARCHIVE_TASK_TASK
-from worker.chain import new_chain
-from worker.runner import REFRESH_TASK, SUBMIT_TASK
+from worker import wiring
+from worker.core import tokens
+from worker.core.chain import new_chain
+from worker.core.videos import SAFE_ID, VideoState, at_risk
 from worker.settings import ConfigError, Settings, get_settings
-from worker.store import Store, Timing, UnknownChain
-from worker.videos import SAFE_ID, Videos, VideoState, at_risk
+from worker.state.chains import Store, UnknownChain
+from worker.state.videos import Videos
+from worker.tasknames import IMPORT_TASK, REFRESH_STEP, SUBMIT_STEP
 
-KINDS = ("video-extend", "text2video", "image2video")
+KINDS = frozenset(TaskKind)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ class Web:
                 return await self._existing(owner)
         await run_in_threadpool(self.store.create, chain)
         try:
-            await self.enqueue(SUBMIT_TASK, chain.id, 0)
+            await self.enqueue(SUBMIT_STEP, chain.id, 0)
         except OperationalError as exc:
             # Stored is enough: the sweep submits a pending step after SUBMIT_LEASE_SECONDS.
             log.warning(
@@ -205,7 +206,7 @@ class Web:
         # A callback is only a hint: the worker confirms it with a query before acting. The
         # task it names is a candidate for a step whose create reply has not come home yet.
         candidate = task.task_id if SAFE_ID.match(task.task_id) else None
-        await self.enqueue(REFRESH_TASK, chain_id, index, candidate)
+        await self.enqueue(REFRESH_STEP, chain_id, index, candidate)
         log.debug("callback %s/%s: task %s %s", chain_id, index, task.task_id, task.status)
         return JSONResponse({"ok": True})
 
@@ -239,7 +240,7 @@ class Web:
             lambda: self.videos.ask(kind, task_id, origin, ttl=ARCHIVE_DEDUPE_SECONDS)
         )
         if fresh:
-            await self.enqueue(ARCHIVE_TASK_TASK, kind, task_id, origin)
+            await self.enqueue(IMPORT_TASK, kind, task_id, origin)
         return fresh
 
     async def request_archive(self, request: Request) -> Response:
@@ -252,7 +253,7 @@ class Web:
         known: list[dict[str, str]] = []
         for task in req.tasks:
             fresh = await self._queue_archive(task.kind, task.task_id, "request")
-            (queued if fresh else known).append(task.model_dump())
+            (queued if fresh else known).append(task.model_dump(mode="json"))
         return JSONResponse({"queued": queued, "already_queued": known}, status_code=202)
 
     def _paging(self, request: Request) -> tuple[VideoState | None, int, float | None]:
@@ -303,7 +304,7 @@ class Web:
     async def callback_urls(self, request: Request) -> Response:
         base = self.settings.public_base()
         return JSONResponse(
-            {kind: tokens.archive_callback_url(base, self.secret, kind) for kind in KINDS}
+            {kind: tokens.archive_callback_url(base, self.secret, kind) for kind in TaskKind}
         )
 
     async def metrics(self, request: Request) -> Response:
@@ -383,24 +384,17 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactCallbackTokens) for f in access.filters):
         access.addFilter(RedactCallbackTokens())
-    timing = Timing(
-        poll_after=settings.poll_after_seconds,
-        submit_lease=settings.submit_lease_seconds,
-        archive_lease=settings.archive_lease_seconds,
-    )
-    store = Store(
-        redis.Redis.from_url(settings.redis_url), prefix=settings.key_prefix, timing=timing
-    )
+    built = wiring.state(settings)
     if send_task is None:
         from worker.celery import app as celery_app
 
         send_task = celery_app.send_task
-    web = Web(settings, store, Videos(store.redis, prefix=settings.key_prefix), send_task)
+    web = Web(settings, built.chains, built.videos, send_task)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        store.redis.close()
+        built.close()
 
     return Starlette(
         routes=[

@@ -2,7 +2,7 @@
 
 Chains hand their videos to ``Archiver.store``. Videos of tasks this service did not submit
 (named by an archive callback or by ``POST /archive``) are confirmed by a query, recorded in
-``worker.videos`` and archived by ``archive_video``; the sweep takes the pending ones nearest
+``worker.state.videos`` and archived by ``archive_video``; the sweep takes the pending ones nearest
 their deadline first, warns inside ``ARCHIVE_WARN_SECONDS`` and marks the expired ones lost.
 """
 
@@ -18,23 +18,10 @@ from urllib.parse import urlsplit
 
 from kling.client import KlingClient
 from kling.errors import KlingError, MalformedReply, PermanentError, RetryableError
-from kling.models import TaskKind, TaskStatus
-from worker.download import (
-    Downloaded,
-    DownloadPermanent,
-    DownloadRetryable,
-    backoff,
-    download_into,
-)
-from worker.netguard import guarded_session
-from worker.notify import EventType, event_id, new_event
-from worker.settings import DOWNLOAD_ATTEMPTS, Settings
-from worker.storage import Storage
-from worker.storage.errors import StorageError
-from worker.videos import (
+from kling.models import VIDEO_LIFETIME_SECONDS, TaskKind, TaskStatus
+from worker.core.videos import (
     SAFE_ID,
     VideoRecord,
-    Videos,
     VideoState,
     archived,
     at_risk,
@@ -43,14 +30,25 @@ from worker.videos import (
     queue,
     retry_at,
 )
+from worker.outbound.download import (
+    Downloaded,
+    DownloadPermanent,
+    DownloadRetryable,
+    backoff,
+    download_into,
+)
+from worker.outbound.netguard import guarded_session
+from worker.outbound.notify import EventType, event_id, new_event
+from worker.settings import DOWNLOAD_ATTEMPTS, Settings
+from worker.state.videos import Videos
+from worker.storage import Storage
+from worker.storage.errors import StorageError
+from worker.tasknames import ARCHIVE_VIDEO, NOTIFY
 
 log = logging.getLogger(__name__)
 
 MAX_TASK_QUERIES = 60
 """How often the archive path asks about one task (unfinished, or the query failing)."""
-ARCHIVE_TASK_TASK = "kc.archive_task"
-ARCHIVE_RECORD_TASK = "kc.archive_record"
-NOTIFY_TASK = "kc.notify"
 GONE = "the provider deleted the video (30 days after it was made) before it was archived"
 
 Enqueue = Callable[[str, tuple[Any, ...]], None]
@@ -102,7 +100,7 @@ class Archiver:
         if not SAFE_ID.match(video_id):
             raise DownloadPermanent(f"video id {video_id!r} is not a safe file name")
         now = self.clock()
-        expires = created_at + 30 * 24 * 3600.0
+        expires = created_at + VIDEO_LIFETIME_SECONDS
         if now >= expires:
             raise VideoGone(GONE)
         # Aim to finish well before the deletion, but never give up sooner than a minute.
@@ -218,7 +216,7 @@ class Archiver:
             )
             if self.videos.register(record):
                 log.info("archive: now tracking video %s of %s task %s", video.id, kind, task_id)
-                self.enqueue(ARCHIVE_RECORD_TASK, (video.id,))
+                self.enqueue(ARCHIVE_VIDEO, (video.id,))
         return None
 
     def _again(self, kind: str, task_id: str, delay: float, last: bool, why: str) -> float | None:
@@ -307,7 +305,7 @@ class Archiver:
             _, handed = self.videos.update(record.video_id, lambda r: queue(r, now, hold))
             if not handed:
                 continue
-            self.enqueue(ARCHIVE_RECORD_TASK, (record.video_id,))
+            self.enqueue(ARCHIVE_VIDEO, (record.video_id,))
             queued += 1
         return queued
 
@@ -317,7 +315,7 @@ class Archiver:
             return
         data = record.view(self.clock(), self.settings.archive_warn_seconds)
         event = new_event(kind, data, event_id=event_id(record.video_id, kind.value))
-        self.enqueue(NOTIFY_TASK, (event.to_dict(),))
+        self.enqueue(NOTIFY, (event.to_dict(),))
 
 
 def _warned(record: VideoRecord) -> VideoRecord:

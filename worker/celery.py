@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from worker.settings import get_settings
+from worker.tasknames import SWEEP
 
 settings = get_settings()
 
@@ -35,6 +36,6 @@ app.conf.update(
     # their channels are where kombu's Redis transport fails to recover from a broker restart.
     worker_enable_remote_control=False,
     beat_schedule={
-        "sweep": {"task": "kc.sweep", "schedule": settings.sweep_seconds},
+        "sweep": {"task": SWEEP, "schedule": settings.sweep_seconds},
     },
 )

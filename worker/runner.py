@@ -23,9 +23,9 @@ from kling.errors import (
     RetryableError,
 )
 from kling.models import ExtendRequest, Task, TaskKind, Text2VideoRequest
-from worker import tokens
-from worker.archiver import NOTIFY_TASK, Archiver
-from worker.chain import (
+from worker.archiver import Archiver
+from worker.core import tokens
+from worker.core.chain import (
     Action,
     ArchiveClaim,
     Archived,
@@ -46,9 +46,7 @@ from worker.chain import (
     TaskUpdate,
     Verdict,
 )
-from worker.download import DownloadPermanent, DownloadRetryable, backoff
-from worker.notify import EventType, event_id, new_event
-from worker.reconcile import (
+from worker.core.reconcile import (
     LIST_MAX_PAGES,
     LIST_PAGE_SIZE,
     Answer,
@@ -62,18 +60,18 @@ from worker.reconcile import (
     mismatch,
     window_for,
 )
+from worker.core.schedule import Work
+from worker.core.videos import SAFE_ID, VideoRecord
+from worker.outbound.download import DownloadPermanent, DownloadRetryable, backoff
+from worker.outbound.notify import EventType, event_id, new_event
 from worker.settings import Settings
-from worker.store import Store
-from worker.videos import SAFE_ID, VideoRecord
+from worker.state.chains import Store
+from worker.tasknames import ARCHIVE_CHAIN_VIDEO, NOTIFY, REFRESH_STEP, SUBMIT_STEP
 
 log = logging.getLogger(__name__)
 
 
 Enqueue = Callable[[str, tuple[Any, ...]], None]
-
-SUBMIT_TASK = "kc.submit_step"
-REFRESH_TASK = "kc.refresh_step"
-ARCHIVE_TASK = "kc.archive_video"
 
 
 def describe(exc: KlingError) -> str:
@@ -123,9 +121,9 @@ class Runner:
         for action in actions:
             match action:
                 case SubmitStep(index):
-                    self.enqueue(SUBMIT_TASK, (chain_id, index))
+                    self.enqueue(SUBMIT_STEP, (chain_id, index))
                 case ArchiveVideo(video_id):
-                    self.enqueue(ARCHIVE_TASK, (chain_id, video_id))
+                    self.enqueue(ARCHIVE_CHAIN_VIDEO, (chain_id, video_id))
 
     def _request(self, chain: Chain, step: Step) -> ExtendRequest | Text2VideoRequest:
         spec = chain.spec
@@ -223,7 +221,9 @@ class Runner:
 
     # -- reconcile a create whose reply was lost -----------------------------------------------
     def _reconcile(self, chain_id: str, step: Step, kind: TaskKind) -> Answer:
-        """Ask by external id, then the task list (``worker.reconcile``); LookupFailed: later."""
+        """Ask by external id, then the task list (``worker.core.reconcile``).
+
+        Raises LookupFailed when the provider could not be asked: ask again later."""
         by_external_id: NotCreated | Unknown | None = None
         if self.settings.kling_external_task_id:
             try:
@@ -373,7 +373,7 @@ class Runner:
         self, chain_id: str, step: Step, candidate: str, attempt: int
     ) -> float | None:
         """The callback beat the create reply home. Its body is only a hint: record the task
-        it names once a query shows it can be this step's (``worker.reconcile.mismatch``)."""
+        it names once a query shows it can be this step's (``worker.core.reconcile.mismatch``)."""
         try:
             task = self.provider.get(TaskKind(step.kind), candidate)
         except (RetryableError, MalformedReply) as exc:
@@ -476,25 +476,25 @@ class Runner:
             EventType.CHAIN_SUCCEEDED if view["status"] == "succeeded" else EventType.CHAIN_FAILED
         )
         event = new_event(kind, view, event_id=event_id(out.chain.id, "end"))
-        self.enqueue(NOTIFY_TASK, (event.to_dict(),))
+        self.enqueue(NOTIFY, (event.to_dict(),))
 
     # -- the safety net --------------------------------------------------------------------------
     def sweep(self) -> int:
         """Enqueue owed work (quiet tasks to poll, stalled submits and downloads)."""
         s = self.settings
-        lock = f"{s.key_prefix}sweep-lock"
+        lock = self.store.keys.sweep_lock
         if not self.store.redis.set(lock, "1", nx=True, px=int(s.sweep_seconds * 800)):
             return 0  # another beat already swept in this interval
         hold = min(s.poll_after_seconds, s.submit_lease_seconds)
         items = self.store.take_due(now=self.clock(), hold=hold)
-        for item in items:
-            kind, chain_id, ref = item.split("|", 2)
-            if kind == "poll":
-                self.enqueue(REFRESH_TASK, (chain_id, int(ref)))
-            elif kind == "submit":
-                self.enqueue(SUBMIT_TASK, (chain_id, int(ref)))
-            elif kind == "archive":
-                self.enqueue(ARCHIVE_TASK, (chain_id, ref))
+        for due in items:
+            match due.work:
+                case Work.POLL:
+                    self.enqueue(REFRESH_STEP, (due.chain_id, due.index))
+                case Work.SUBMIT:
+                    self.enqueue(SUBMIT_STEP, (due.chain_id, due.index))
+                case Work.ARCHIVE:
+                    self.enqueue(ARCHIVE_CHAIN_VIDEO, (due.chain_id, due.ref))
         videos = self.archiver.sweep()
         if items or videos:
             log.info("sweep: enqueued %d owed chain item(s), %d video(s)", len(items), videos)

@@ -21,9 +21,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kling.auth import Auth, auth_from
 from kling.client import KlingClient
-from worker.netguard import AllowList
-from worker.notify import parse_secret
-from worker.pace import AttemptLimits
+from worker.outbound.netguard import AllowList
+from worker.outbound.notify import parse_secret
+from worker.outbound.pace import AttemptLimits
 from worker.storage import Storage, open_storage
 
 MIN_API_TOKEN_CHARS = 32
@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     archive_warn_seconds: float = Field(3 * 24 * 3600.0, ge=0)
     archive_max_bytes: int = Field(4 * 1024**3, gt=0)
     archive_margin_seconds: float = Field(24 * 3600.0, ge=0)
-    # Internal addresses downloads may reach anyway (worker.netguard); parsed at start-up.
+    # Internal addresses downloads may reach anyway (worker.outbound.netguard); parsed at start-up.
     allow_private_hosts: Annotated[AllowList, NoDecode] = AllowList()
     download_attempt_seconds: float = Field(900.0, gt=0)
     download_min_bytes_per_second: int = Field(64 * 1024, ge=0)

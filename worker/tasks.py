@@ -10,14 +10,23 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
-from worker import notify as notifications
-from worker.archiver import ARCHIVE_RECORD_TASK, ARCHIVE_TASK_TASK, NOTIFY_TASK, Archiver
+from worker import wiring
+from worker.archiver import Archiver
 from worker.celery import app
-from worker.download import backoff
-from worker.runner import ARCHIVE_TASK, REFRESH_TASK, SUBMIT_TASK, Runner
+from worker.outbound import notify as notifications
+from worker.outbound.download import backoff
+from worker.runner import Runner
 from worker.settings import get_settings
-from worker.store import Store, Timing, UnknownChain
-from worker.videos import Videos
+from worker.state.chains import UnknownChain
+from worker.tasknames import (
+    ARCHIVE_CHAIN_VIDEO,
+    ARCHIVE_VIDEO,
+    IMPORT_TASK,
+    NOTIFY,
+    REFRESH_STEP,
+    SUBMIT_STEP,
+    SWEEP,
+)
 
 log = logging.getLogger(__name__)
 
@@ -27,27 +36,20 @@ def enqueue(name: str, args: tuple[Any, ...]) -> None:
 
 
 @cache
-def store() -> Store:
-    s = get_settings()
-    timing = Timing(
-        poll_after=s.poll_after_seconds,
-        submit_lease=s.submit_lease_seconds,
-        archive_lease=s.archive_lease_seconds,
-    )
-    return Store(redis.Redis.from_url(s.redis_url), prefix=s.key_prefix, timing=timing)
+def state() -> wiring.State:
+    return wiring.state(get_settings())
 
 
 @cache
 def archiver() -> Archiver:
     s = get_settings()
-    videos = Videos(store().redis, prefix=s.key_prefix)
-    return Archiver(s, s.storage(), videos, s.provider(), enqueue)
+    return Archiver(s, s.storage(), state().videos, s.provider(), enqueue)
 
 
 @cache
 def runner() -> Runner:
     s = get_settings()
-    return Runner(s, store(), s.provider(), enqueue, archiver())
+    return Runner(s, state().chains, s.provider(), enqueue, archiver())
 
 
 def _again(task: Any, delay: float | None) -> None:
@@ -73,37 +75,37 @@ def _run(task: Any, work: Callable[[], float | None]) -> None:
     _again(task, delay)
 
 
-@app.task(bind=True, name=SUBMIT_TASK, max_retries=None)
+@app.task(bind=True, name=SUBMIT_STEP, max_retries=None)
 def submit_step(self: Any, chain_id: str, index: int) -> None:
     r, req = runner(), self.request
     _run(self, lambda: r.submit(chain_id, index, owner=req.id, attempt=req.retries))
 
 
-@app.task(bind=True, name=REFRESH_TASK, max_retries=None)
+@app.task(bind=True, name=REFRESH_STEP, max_retries=None)
 def refresh_step(self: Any, chain_id: str, index: int, candidate: str | None = None) -> None:
     r, req = runner(), self.request
     _run(self, lambda: r.refresh(chain_id, index, candidate=candidate, attempt=req.retries))
 
 
-@app.task(bind=True, name=ARCHIVE_TASK, max_retries=None)
+@app.task(bind=True, name=ARCHIVE_CHAIN_VIDEO, max_retries=None)
 def archive_video(self: Any, chain_id: str, video_id: str) -> None:
     r, req = runner(), self.request
     _run(self, lambda: r.archive(chain_id, video_id, owner=req.id, attempt=req.retries))
 
 
-@app.task(bind=True, name=ARCHIVE_TASK_TASK, max_retries=None)
+@app.task(bind=True, name=IMPORT_TASK, max_retries=None)
 def archive_task(self: Any, kind: str, task_id: str, origin: str) -> None:
     a, req = archiver(), self.request
     _run(self, lambda: a.archive_task(kind, task_id, origin, attempt=req.retries))
 
 
-@app.task(bind=True, name=ARCHIVE_RECORD_TASK, max_retries=None)
+@app.task(bind=True, name=ARCHIVE_VIDEO, max_retries=None)
 def archive_record(self: Any, video_id: str) -> None:
     a, req = archiver(), self.request
     _run(self, lambda: a.archive_video(video_id, owner=req.id, attempt=req.retries))
 
 
-@app.task(bind=True, name=NOTIFY_TASK, max_retries=None)
+@app.task(bind=True, name=NOTIFY, max_retries=None)
 def notify(self: Any, event: dict[str, Any]) -> None:
     """POST one event to NOTIFY_URL, signed per Standard Webhooks; MAX_ATTEMPTS in all."""
     s = get_settings()
@@ -136,6 +138,6 @@ def notify(self: Any, event: dict[str, Any]) -> None:
         log.info("notification %s (%s) delivered: HTTP %d", e.id, e.type, status)
 
 
-@app.task(name="kc.sweep")
+@app.task(name=SWEEP)
 def sweep() -> int:
     return runner().sweep()

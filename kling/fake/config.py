@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kling.fake.content import DEFAULT_BYTES_PER_SECOND
-from kling.fake.engine import THIRTY_DAYS
 from kling.fake.faults import Faults
+from kling.models import VIDEO_LIFETIME_SECONDS
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class FakeConfig:
     secret_key: str | None = field(default=None, repr=False)
     public_url: str | None = None
     bytes_per_second: int = DEFAULT_BYTES_PER_SECOND
-    expire_after: float = THIRTY_DAYS
+    expire_after: float = VIDEO_LIFETIME_SECONDS
     faults: Mapping[str, Any] = field(default_factory=dict)
     seed_videos: tuple[float, ...] = ()
 

@@ -32,8 +32,8 @@ from kling.fake.tasks import (
     extension_seconds,
     render_task,
 )
+from kling.models import VIDEO_LIFETIME_SECONDS
 
-THIRTY_DAYS = 30 * 24 * 3600.0
 MAX_PAGE_SIZE = 500
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
@@ -46,7 +46,7 @@ def random_id(prefix: str) -> str:
 @dataclass(frozen=True)
 class EngineSettings:
     delay: float = 3.0  # seconds from submitted to the end of a task
-    expire_after: float = THIRTY_DAYS  # seconds a video lives
+    expire_after: float = VIDEO_LIFETIME_SECONDS  # seconds a video lives
     bytes_per_second: int = DEFAULT_BYTES_PER_SECOND  # file size per second of video
     public_url: str | None = None  # base of file URLs; None: the request's own base URL
 

@@ -7,11 +7,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from kling.fake.errors import INVALID_REQUEST, KlingError, bad_parameter
+from kling.models import TaskKind
 
-TEXT2VIDEO = "text2video"
-IMAGE2VIDEO = "image2video"
-VIDEO_EXTEND = "video-extend"
-KINDS = (TEXT2VIDEO, IMAGE2VIDEO, VIDEO_EXTEND)
+TEXT2VIDEO = TaskKind.TEXT2VIDEO.value
+IMAGE2VIDEO = TaskKind.IMAGE2VIDEO.value
+VIDEO_EXTEND = TaskKind.VIDEO_EXTEND.value
+KINDS = tuple(kind.value for kind in TaskKind)
 
 MAX_PROMPT_CHARS = 2500
 DURATIONS = {"5": 5.0, "10": 10.0}

@@ -17,9 +17,9 @@ import uvicorn
 
 from kling.fake.app import Gateway, create_app, gateway_of
 from kling.fake.config import FakeConfig
-from kling.fake.engine import THIRTY_DAYS
 from kling.fake.errors import ConnectionCut
 from kling.fake.faults import Faults, FaultsError
+from kling.models import VIDEO_LIFETIME_SECONDS
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 log = logging.getLogger("kling.fake")
@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--expire-after",
         type=_positive,
-        default=THIRTY_DAYS,
+        default=VIDEO_LIFETIME_SECONDS,
         help="seconds a video lives (default 30 days)",
     )
     parser.add_argument(

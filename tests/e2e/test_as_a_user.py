@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tests.support import Service, sha256_file
 
-CLI = [sys.executable, "-m", "worker.cli"]
+CLI = [sys.executable, "-m", "chainctl.cli"]
 
 
 def run_cli(

@@ -19,9 +19,11 @@ import redis
 import requests
 import standardwebhooks
 
+from chainctl.devstack import find_procfile
+from kling.models import VIDEO_LIFETIME_SECONDS
 from tests.support import Service, sha256_file, start_service, stop_service
-from worker.devstack import find_procfile
-from worker.videos import RETENTION_SECONDS, VideoRecord, Videos
+from worker.core.videos import VideoRecord
+from worker.state.videos import Videos
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -169,7 +171,7 @@ def test_post_archive_and_cli_queue_tasks(svc: Service) -> None:
         [
             sys.executable,
             "-m",
-            "worker.cli",
+            "chainctl.cli",
             "--api",
             svc.api,
             "archive",
@@ -260,7 +262,7 @@ def test_backlog_is_swept_nearest_deadline_first_and_the_expired_is_lost(
         order = sorted((n for n in ages if n != "d31"), key=lambda n: settled[n]["archived_at"])
         assert order == ["d28", "d20", "d12", "d5"]
         assert all(settled[n]["state"] == "archived" for n in order)
-        assert settled["d28"]["expires_at"] - settled["d28"]["created_at"] == RETENTION_SECONDS
+        assert settled["d28"]["expires_at"] - settled["d28"]["created_at"] == VIDEO_LIFETIME_SECONDS
         lost = [e for e in receiver.of_type("video.lost") if e["data"]["video_id"] == ids["d31"]]
         risky = [
             e for e in receiver.of_type("video.at_risk") if e["data"]["video_id"] == ids["d28"]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from chainctl.devstack import Stack, find_procfile, free_port
 from tests.support import Service, sha256_file
-from worker.devstack import Stack, find_procfile, free_port
 
 
 def assert_archive_matches_gateway(service: Service, chain: dict[str, object]) -> None:

@@ -29,14 +29,14 @@ import pytest
 import requests
 import urllib3
 
-from worker.download import (
+from worker.outbound.download import (
     AttemptLimits,
     DownloadPermanent,
     DownloadRetryable,
     download_file,
     download_into,
 )
-from worker.netguard import AllowList, guarded_session
+from worker.outbound.netguard import AllowList, guarded_session
 from worker.storage.s3 import MIN_PART_SIZE, S3Storage
 
 if TYPE_CHECKING:
@@ -336,7 +336,7 @@ def test_cut_connection_resumes_with_range(
     source.switches.cuts, source.switches.cut_after = cuts, cut_after
 
     # When we download
-    with caplog.at_level(logging.INFO, logger="worker.download"):
+    with caplog.at_level(logging.INFO, logger="worker.outbound.download"):
         result = fetch()
 
     # Then each retry asks for the rest only, guarded by the ETag, and the file is whole
@@ -846,7 +846,7 @@ def test_an_attempt_past_its_time_limit_is_cut_and_the_next_resumes(
     ticks = iter(range(1_000_000))
     limits = AttemptLimits(seconds=5.0, min_bytes_per_second=0)
 
-    with caplog.at_level(logging.WARNING, logger="worker.download"):
+    with caplog.at_level(logging.WARNING, logger="worker.outbound.download"):
         result = fetch(limits=limits, monotonic=lambda: float(next(ticks)))
 
     # Then every attempt was cut after a few pieces, each next one resuming with Range

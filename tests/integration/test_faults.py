@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import requests
 
+from chainctl.devstack import find_procfile, free_port, wait_http
 from tests.support import Service, sha256_file, start_service, stop_service
-from worker import tokens
-from worker.devstack import find_procfile, free_port, wait_http
+from worker.core import tokens
 
 FAST = {
     "poll_after_seconds": "2",

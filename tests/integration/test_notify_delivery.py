@@ -20,8 +20,8 @@ import pytest
 import requests
 import standardwebhooks
 
-from worker.netguard import AllowList
-from worker.notify import (
+from worker.outbound.netguard import AllowList
+from worker.outbound.notify import (
     MAX_ATTEMPTS,
     DeliveryFailed,
     DeliveryRejected,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from chainctl.devstack import free_port
 from tests.support import Service, sha256_file, start_service, stop_service
-from worker.devstack import free_port
 
 FAST = {"poll_after_seconds": "2", "submit_lease_seconds": "3", "recheck_after_seconds": "1"}
 

@@ -1,7 +1,7 @@
 """Downloads that reach only where they may: real Redis, worker, web and the fake gateway.
 
 The gateway is told to redirect its file responses (``redirect_next_downloads``). The service
-runs as configured by ``worker.devstack.local_env``: ``ALLOW_PRIVATE_HOSTS=127.0.0.1``, the
+runs as configured by ``chainctl.devstack.local_env``: ``ALLOW_PRIVATE_HOSTS=127.0.0.1``, the
 gateway's host. A file server on 127.0.0.2 stands for an internal address such as the cloud
 metadata service: loopback too, but not listed.
 """

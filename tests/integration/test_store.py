@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from kling.models import Task, TaskStatus, Video
-from worker.chain import Claim, Spec, SubmitStep, Submitted, TaskUpdate, Verdict, new_chain
-from worker.store import Store, Timing, UnknownChain
+from worker.core.chain import Claim, Spec, SubmitStep, Submitted, TaskUpdate, Verdict, new_chain
+from worker.state.chains import Store, Timing, UnknownChain
 
 TIMING = Timing(poll_after=120, submit_lease=60, archive_lease=600)
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from chainctl.devstack import Stack, find_procfile, free_port, wait_http
 from tests.support import Service
-from worker import tokens
-from worker.devstack import Stack, find_procfile, free_port, wait_http
+from worker.core import tokens
 
 
 def web_env(redis_url: str, port: int, **extra: str) -> dict[str, str]:
@@ -102,7 +102,7 @@ def test_callback_tokens_never_reach_the_web_log(service: Service) -> None:
 
 def test_cli_without_token_gets_a_clear_refusal(service: Service) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "worker.cli", "--api", service.api, "list"],
+        [sys.executable, "-m", "chainctl.cli", "--api", service.api, "list"],
         capture_output=True,
         text=True,
         timeout=30,

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kling.models import Task, TaskStatus, Video
-from worker.chain import (
+from worker.core.chain import (
     MAX_TOTAL_SECONDS,
     ArchiveClaim,
     Archived,
@@ -35,8 +35,8 @@ from worker.chain import (
     extension_ceiling,
     fits_under_cap,
     new_chain,
-    schedule,
 )
+from worker.core.schedule import Due, Work, schedule
 
 NOW = 1_000_000.0
 LEASE = 60.0
@@ -372,7 +372,9 @@ def test_an_unbelievable_duration_fails_the_chain_before_it_pays_again(
     assert c.error == f"step {failed_step}: {step.error}"
     assert c.error.endswith("stopping before paying for more")
     assert not [
-        k for k in schedule(c, poll_after=1, submit_lease=1, archive_lease=1) if "submit" in k
+        d
+        for d in schedule(c, poll_after=1, submit_lease=1, archive_lease=1)
+        if d.work is Work.SUBMIT
     ]
     # and the duration shown is the last believed one, while the doubted video is still kept
     believed = durations[:failed_step]
@@ -471,7 +473,8 @@ class TestClaims:
 
 class TestSchedule:
     def timing(self, c: Chain) -> dict[str, float]:
-        return schedule(c, poll_after=120, submit_lease=60, archive_lease=600)
+        due = schedule(c, poll_after=120, submit_lease=60, archive_lease=600)
+        return {d.member: at for d, at in due.items()}
 
     def test_pending_step_is_owed_a_submit(self) -> None:
         assert self.timing(chain_at(S.PENDING)) == {"submit|c1|0": NOW + 60}
@@ -519,3 +522,11 @@ def test_view_has_the_contract_fields() -> None:
         "error",
     }
     assert view["status"] == "running"
+
+
+@pytest.mark.parametrize(
+    "due",
+    [Due(Work.POLL, "c1", "0"), Due(Work.SUBMIT, "c-2", "13"), Due(Work.ARCHIVE, "c1", "vid_a|b")],
+)
+def test_owed_work_round_trips_through_its_member_string(due: Due) -> None:
+    assert Due.parse(due.member) == due

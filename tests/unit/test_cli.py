@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from worker.cli import Api, CliError
+from chainctl.cli import Api, CliError
 
 
 class Recorder(ThreadingHTTPServer):
@@ -61,7 +61,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Recorder]:
 def test_a_create_that_timed_out_is_retried_with_the_same_idempotency_key(
     server: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.cli.RETRY_PAUSE", 0.0)
+    monkeypatch.setattr("chainctl.cli.RETRY_PAUSE", 0.0)
     chain = Api(server.url, timeout=0.3, token="t" * 32).create({"video_id": "v", "steps": 1})
     assert chain["id"] == "c1"
     keys = [h["Idempotency-Key"] for h in server.seen]
@@ -85,7 +85,7 @@ def test_each_command_gets_a_fresh_key_unless_one_is_given(server: Recorder) -> 
 def test_a_create_that_never_answers_gives_up_with_a_message(
     server: Recorder, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("worker.cli.RETRY_PAUSE", 0.0)
+    monkeypatch.setattr("chainctl.cli.RETRY_PAUSE", 0.0)
     with pytest.raises(CliError, match="cannot reach the service"):
         Api(server.url, timeout=0.2).create({"video_id": "v", "steps": 1})
     assert len({h["Idempotency-Key"] for h in server.seen}) == 1

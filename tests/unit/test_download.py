@@ -1,4 +1,4 @@
-"""The pure decisions of worker.download (and its pace and error texts), write_json_atomic."""
+"""The pure decisions of worker.outbound.download (with its pace and error texts)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import requests
 import urllib3
 
-from worker.download import (
+from worker.outbound.download import (
     Action,
     ContentRange,
     DownloadPermanent,
@@ -30,8 +30,8 @@ from worker.download import (
     resume_offset,
     write_json_atomic,
 )
-from worker.pace import AttemptLimits, pace_problem
-from worker.urls import describe_error
+from worker.outbound.pace import AttemptLimits, pace_problem
+from worker.outbound.urls import describe_error
 
 MB = 1024 * 1024
 

@@ -1,4 +1,4 @@
-"""The destination policy of worker.netguard: address kinds, ALLOW_PRIVATE_HOSTS, sessions.
+"""The destination policy of worker.outbound.netguard: address kinds, ALLOW_PRIVATE_HOSTS, sessions.
 
 No test here sends a packet: refused destinations are refused before any connection.
 """
@@ -10,7 +10,7 @@ import ipaddress
 import pytest
 import requests
 
-from worker.netguard import (
+from worker.outbound.netguard import (
     AllowList,
     DestinationRefused,
     GuardedAdapter,

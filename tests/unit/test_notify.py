@@ -20,7 +20,7 @@ from typing import Any, Self
 import pytest
 import standardwebhooks.webhooks
 
-from worker.notify import (
+from worker.outbound.notify import (
     MAX_ATTEMPTS,
     DeliveryFailed,
     DeliveryRejected,

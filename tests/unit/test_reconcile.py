@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from kling.models import Task, TaskKind, TaskStatus, Video
-from worker.chain import Step
-from worker.reconcile import (
+from worker.core.chain import Step
+from worker.core.reconcile import (
     CLOCK_SLACK_SECONDS,
     LIST_PAGE_SIZE,
     Capability,

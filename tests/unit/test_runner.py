@@ -22,12 +22,13 @@ from kling.errors import (
 )
 from kling.models import ExtendRequest, Task, TaskKind, TaskStatus, Text2VideoRequest, Video
 from worker.archiver import MAX_TASK_QUERIES, Archiver
-from worker.chain import Claim, Spec, StepStatus, new_chain
-from worker.runner import ARCHIVE_TASK, SUBMIT_TASK, Runner
+from worker.core.chain import Claim, Spec, StepStatus, new_chain
+from worker.runner import Runner
 from worker.settings import Settings
+from worker.state.chains import Store, Timing
+from worker.state.videos import Videos
 from worker.storage.local import LocalStorage
-from worker.store import Store, Timing
-from worker.videos import Videos
+from worker.tasknames import ARCHIVE_CHAIN_VIDEO, SUBMIT_STEP
 
 NOW = 2_000_000_000.0
 
@@ -362,7 +363,7 @@ def succeed_step(rig: Rig, cid: str, video_id: str, url: str) -> None:
 def test_success_queues_one_archive_and_one_next_step(rig: Rig) -> None:
     cid = rig.chain()
     succeed_step(rig, cid, "v1", "https://cdn.example/v1.mp4")
-    assert rig.queued == [(ARCHIVE_TASK, (cid, "v1")), (SUBMIT_TASK, (cid, 1))]
+    assert rig.queued == [(ARCHIVE_CHAIN_VIDEO, (cid, "v1")), (SUBMIT_STEP, (cid, 1))]
     rig.runner.refresh(cid, 0)  # a duplicate callback, confirmed again
     assert len(rig.queued) == 2
 

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from worker.netguard import AllowList
-from worker.pace import AttemptLimits
+from worker.outbound.netguard import AllowList
+from worker.outbound.pace import AttemptLimits
 from worker.settings import ConfigError, Settings, get_settings
 
 NAMES = (

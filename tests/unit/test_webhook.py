@@ -11,10 +11,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from webhook import app as webapp
-from worker import tokens
-from worker.archiver import ARCHIVE_TASK_TASK
-from worker.runner import REFRESH_TASK, SUBMIT_TASK
+from worker.core import tokens
 from worker.settings import Settings
+from worker.tasknames import IMPORT_TASK, REFRESH_STEP, SUBMIT_STEP
 
 SECRET = "s" * 32
 TOKEN = "api-token-" + "x" * 32
@@ -53,7 +52,7 @@ def test_valid_callback_is_acknowledged_and_queued_for_a_confirming_query(
 ) -> None:
     reply = client.post(callback_path(), json=BODY)
     assert reply.status_code == 200
-    assert sent == [(REFRESH_TASK, ("c1", 0, "t1"))]
+    assert sent == [(REFRESH_STEP, ("c1", 0, "t1"))]
 
 
 def test_enveloped_callback_is_accepted(
@@ -119,7 +118,7 @@ def test_create_chain_stores_it_and_queues_the_first_step(
     chain = reply.json()
     assert chain["status"] == "queued"
     assert chain["steps"][0]["parent_video_id"] == "v1"
-    assert sent == [(SUBMIT_TASK, (chain["id"], 0))]
+    assert sent == [(SUBMIT_STEP, (chain["id"], 0))]
     assert client.get(f"/chains/{chain['id']}").json()["id"] == chain["id"]
 
 
@@ -274,7 +273,7 @@ def test_an_archive_callback_storm_queues_one_query(
 ) -> None:
     for _ in range(20):
         assert client.post(archive_callback(), json=BODY).status_code == 200
-    assert sent == [(ARCHIVE_TASK_TASK, ("text2video", "t1", "callback"))]
+    assert sent == [(IMPORT_TASK, ("text2video", "t1", "callback"))]
     again = client.post("/archive", json={"tasks": [{"task_id": "t1", "kind": "text2video"}]})
     assert again.json() == {
         "queued": [],

@@ -12,6 +12,8 @@ from typing import Any, TextIO
 
 import requests
 
+from kling.models import TaskKind
+
 DEFAULT_API = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
 CREATE_ATTEMPTS = 3  # a create that timed out is sent again with the same Idempotency-Key
 RETRY_PAUSE = 1.0  # seconds before the second attempt; twice that before the third
@@ -261,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar = sub.add_parser("archive", help="archive the videos of tasks this service did not run")
     ar.add_argument("task_ids", nargs="+", metavar="TASK_ID")
     ar.add_argument(
-        "--kind", default="video-extend", choices=["video-extend", "text2video", "image2video"]
+        "--kind", default=TaskKind.VIDEO_EXTEND.value, choices=[k.value for k in TaskKind]
     )
     ar.set_defaults(run=_archive)
 
@@ -290,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from worker.demo import run_demo
+            from chainctl.demo import run_demo
 
             try:
                 return run_demo(target=args.target, delay=args.delay, archive_dir=args.archive_dir)

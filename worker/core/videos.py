@@ -5,9 +5,7 @@ it, or when someone asked for its task to be archived. Each record carries ``exp
 (the provider deletes videos 30 days after they were made) and moves, only forward, from
 ``pending`` to ``archived`` or ``lost``.
 
-Keys (under ``KEY_PREFIX``): ``video:{id}`` (the record), ``videos`` (all, by time known),
-``videos:{state}`` (by time known, for filtering) and ``videos:deadline`` (pending ones by
-``expires_at``: the sweep's nearest-deadline-first order).
+The record and its rules are pure; ``worker.state.videos`` keeps them in Redis.
 """
 
 from __future__ import annotations
@@ -15,20 +13,14 @@ from __future__ import annotations
 import builtins
 import json
 import re
-import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-import redis
-
-from worker.atomic import Writes, optimistic
+from kling.models import VIDEO_LIFETIME_SECONDS
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 """Provider ids that may become a file name or a key: the same rule for chains and the rest."""
-
-RETENTION_SECONDS = 30 * 24 * 3600.0
 
 
 class VideoState(StrEnum):
@@ -66,7 +58,7 @@ class VideoRecord:
 
     @property
     def expires_at(self) -> float:
-        return self.created_at + RETENTION_SECONDS
+        return self.created_at + VIDEO_LIFETIME_SECONDS
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -153,102 +145,3 @@ def lost(record: VideoRecord, reason: str) -> VideoRecord:
     if record.state is not VideoState.PENDING:
         return record
     return replace(record, state=VideoState.LOST, error=reason, owner=None, claimed_at=None)
-
-
-# -- the Redis shell ---------------------------------------------------------------------------
-class Videos:
-    def __init__(
-        self, client: redis.Redis, *, prefix: str, clock: Callable[[], float] = time.time
-    ) -> None:
-        self.redis = client
-        self.prefix = prefix
-        self.clock = clock
-
-    def _key(self, video_id: str) -> str:
-        return f"{self.prefix}video:{video_id}"
-
-    def _index(self, pipe: Any, old: VideoRecord | None, new: VideoRecord) -> None:
-        p = self.prefix
-        if old is None:
-            pipe.zadd(f"{p}videos", {new.video_id: new.known_at})
-        if old is not None and old.state is not new.state:
-            pipe.zrem(f"{p}videos:{old.state.value}", new.video_id)
-        if old is None or old.state is not new.state:
-            pipe.zadd(f"{p}videos:{new.state.value}", {new.video_id: new.known_at})
-        if new.state is VideoState.PENDING:
-            pipe.zadd(f"{p}videos:deadline", {new.video_id: new.expires_at})
-        else:
-            pipe.zrem(f"{p}videos:deadline", new.video_id)
-
-    def register(self, record: VideoRecord) -> bool:
-        """Remember a video; False (and no change) when it is known already."""
-
-        def decide(raw: bytes | None) -> tuple[Writes | None, bool]:
-            if raw is not None:
-                return None, False
-
-            def writes(pipe: Any) -> None:
-                pipe.set(self._key(record.video_id), record.to_json())
-                self._index(pipe, None, record)
-
-            return writes, True
-
-        return optimistic(self.redis, self._key(record.video_id), decide)
-
-    def ask(self, kind: str, task_id: str, origin: str, *, ttl: int) -> bool:
-        """Mark a task as asked for archiving; False when it is asked for already."""
-        name = f"{self.prefix}archive-asked:{kind}:{task_id}"
-        return bool(self.redis.set(name, origin, nx=True, ex=ttl))
-
-    def forget_ask(self, kind: str, task_id: str) -> None:
-        """Let the task be asked for again (its query gave up)."""
-        self.redis.delete(f"{self.prefix}archive-asked:{kind}:{task_id}")
-
-    def get(self, video_id: str) -> VideoRecord | None:
-        raw = self.redis.get(self._key(video_id))
-        return None if raw is None else VideoRecord.from_json(raw)
-
-    def update(
-        self, video_id: str, change: Callable[[VideoRecord], VideoRecord | None]
-    ) -> tuple[VideoRecord | None, bool]:
-        """Apply ``change`` atomically. Returns (record after, whether it changed)."""
-
-        def decide(raw: bytes | None) -> tuple[Writes | None, tuple[VideoRecord | None, bool]]:
-            if raw is None:
-                return None, (None, False)
-            old = VideoRecord.from_json(raw)
-            new = change(old)
-            if new is None or new == old:
-                return None, (old, False)
-
-            def writes(pipe: Any) -> None:
-                pipe.set(self._key(video_id), new.to_json())
-                self._index(pipe, old, new)
-
-            return writes, (new, True)
-
-        return optimistic(self.redis, self._key(video_id), decide)
-
-    def by_deadline(self, limit: int) -> list[VideoRecord]:
-        """Pending videos, nearest deadline first."""
-        ids = self.redis.zrange(f"{self.prefix}videos:deadline", 0, limit - 1)
-        return self._load(ids)
-
-    def recent(
-        self, *, state: VideoState | None, limit: int, before: float | None
-    ) -> list[VideoRecord]:
-        index = f"{self.prefix}videos" + (f":{state.value}" if state else "")
-        top = f"({before}" if before is not None else "+inf"
-        ids = self.redis.zrevrangebyscore(index, top, "-inf", start=0, num=limit)
-        return self._load(ids)
-
-    def counts(self) -> dict[str, int]:
-        return {
-            s.value: int(self.redis.zcard(f"{self.prefix}videos:{s.value}")) for s in VideoState
-        }
-
-    def _load(self, ids: list[Any]) -> list[VideoRecord]:
-        if not ids:
-            return []
-        keys = [self._key(i.decode() if isinstance(i, bytes) else str(i)) for i in ids]
-        return [VideoRecord.from_json(raw) for raw in self.redis.mget(keys) if raw is not None]

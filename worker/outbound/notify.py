@@ -40,8 +40,8 @@ from typing import Any
 import requests
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from worker.netguard import AllowList, DestinationRefused, guarded_session
-from worker.urls import display, http_problem
+from worker.outbound.netguard import AllowList, DestinationRefused, guarded_session
+from worker.outbound.urls import display, http_problem
 
 __all__ = [
     "MAX_ATTEMPTS",
@@ -321,9 +321,9 @@ def deliver(
 
     `NOTIFY_URL` is the operator's own, so by default any address may be reached. For a URL
     that someone else supplied, pass `allow` (e.g. the ``ALLOW_PRIVATE_HOSTS`` list, or an
-    empty `AllowList`): the POST then goes through `worker.netguard`, and an internal
+    empty `AllowList`): the POST then goes through `worker.outbound.netguard`, and an internal
     address it does not name is a `DeliveryRejected`. (Or pass a `session` made by
-    `worker.netguard.guarded_session`.)
+    `worker.outbound.netguard.guarded_session`.)
 
     Raises `DeliveryFailed` to retry later, `DeliveryRejected` to give up, and ValueError for
     a URL or secret that can never work.

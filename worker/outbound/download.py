@@ -7,7 +7,7 @@ Failed attempts are retried with backoff, resuming with a `Range` request from t
 offset when the server supports it, and starting the upload over when it does not.
 `download_file` is the same into a local file.
 
-Every connection goes through `worker.netguard`: a URL (or a redirect, at most
+Every connection goes through `worker.outbound.netguard`: a URL (or a redirect, at most
 `MAX_REDIRECTS` of them) that leads to a loopback, private or link-local address is refused
 for good unless ``ALLOW_PRIVATE_HOSTS`` names it. Each attempt has a time limit and a minimum
 throughput (`AttemptLimits`), so a host that trickles the body is cut off and resumed later
@@ -35,11 +35,11 @@ from urllib.parse import urljoin
 import requests
 import urllib3
 
-from worker.netguard import AllowList, DestinationRefused, guarded_session, is_guarded
-from worker.pace import DEFAULT_LIMITS, AttemptLimits, Meter
+from worker.outbound.netguard import AllowList, DestinationRefused, guarded_session, is_guarded
+from worker.outbound.pace import DEFAULT_LIMITS, AttemptLimits, Meter
+from worker.outbound.urls import describe_error, display, http_problem
 from worker.storage import Upload
 from worker.storage.local import LocalStorage, write_json_atomic
-from worker.urls import describe_error, display, http_problem
 
 __all__ = [
     "MAX_REDIRECTS",
@@ -302,7 +302,7 @@ def redirect_target(
     `hops` is the number of redirects followed so far. A redirect without Location is left
     to `plan_reply` (a permanent "HTTP 3xx"). Raises DownloadPermanent for one redirect more
     than `max_redirects`, or a Location that is not an http(s) URL with a host. Whether the
-    target's address may be reached is for the connection to check (`worker.netguard`).
+    target's address may be reached is for the connection to check (`worker.outbound.netguard`).
     """
     if status not in REDIRECT_STATUSES:
         return None
@@ -357,7 +357,7 @@ class _Part:
 def _require_guard(http: requests.Session, url: str) -> None:
     if not is_guarded(http, url):
         raise ValueError(
-            "downloads need a session from worker.netguard.guarded_session() "
+            "downloads need a session from worker.outbound.netguard.guarded_session() "
             f"(or none), not one that reaches {display_url(url)} unchecked"
         )
 
@@ -505,9 +505,9 @@ def download_into(
     `upload.offset`, a server that cannot resume makes it `rewind`, success `commit`s it
     with the size and sha256 of the body, and any failure `abort`s it (nothing remains).
 
-    Connections go through `worker.netguard`: without a `session`, one is made that refuses
+    Connections go through `worker.outbound.netguard`: without a `session`, one is made that refuses
     internal addresses except those `allow` names (by default: none); a `session` given must
-    come from `worker.netguard.guarded_session` (ValueError otherwise) and carries its own
+    come from `worker.outbound.netguard.guarded_session` (ValueError otherwise) and carries its own
     allow list.
 
     `deadline` is in `clock()` seconds (epoch by default). It decides whether another

@@ -188,3 +188,57 @@ def local_env(
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+@dataclass
+class Local:
+    """The fake gateway and the Procfile's processes, running on this machine."""
+
+    stack: Stack
+    gateway: str
+    api: str
+    env: dict[str, str]
+    api_key: str
+
+
+def start_local(
+    stack: Stack,
+    root: Path,
+    *,
+    redis_url: str,
+    delay: float,
+    gateway_args: tuple[str, ...] = (),
+    processes: tuple[str, ...] = ("web", "worker", "beat"),
+    commands: Mapping[str, str] | None = None,
+    host: str = "127.0.0.1",
+    **settings: str,
+) -> Local:
+    """Start the fake gateway (``--delay`` and ``gateway_args``) and the ``processes`` of the
+    Procfile (or ``commands``) on free ports, configured by ``local_env`` plus ``settings``.
+
+    Archive and beat files go under ``root``; returns once the web process answers. The
+    caller stops ``stack``, also when this raises (its logs say why).
+    """
+    gateway_port, web_port = free_port(), free_port()
+    api_key = secrets.token_hex(12)
+    gateway = f"http://{host}:{gateway_port}"
+    args = ["--host", host, "--port", str(gateway_port), "--delay", f"{delay:g}"]
+    proc = stack.start(
+        "gateway", python_module("kling.fake", *args, "--api-key", api_key, *gateway_args), {}
+    )
+    env = local_env(
+        redis_url=redis_url,
+        gateway=gateway,
+        api_key=api_key,
+        web_port=web_port,
+        root=root,
+        **settings,
+    )
+    local = Local(stack, gateway, f"http://{host}:{web_port}", env, api_key)
+    wait_http(f"{gateway}/_fake/stats", proc=proc)
+    chosen = dict(commands) if commands is not None else find_procfile()
+    for name in processes:
+        stack.start(name, chosen[name], env)
+    if "web" in processes:
+        wait_http(f"{local.api}/healthz", proc=stack.procs["web"])
+    return local

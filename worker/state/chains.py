@@ -1,18 +1,12 @@
 """Chain state in Redis: one JSON document per chain, changed only by atomic transitions.
 
-Keys (all under ``KEY_PREFIX``):
-- ``chain:{id}``  the chain document (``worker.chain.Chain``);
-- ``chains``      sorted set of chain ids by creation time (listing, newest first);
-- ``due``         sorted set of owed work (``worker.chain.schedule``) by due time;
-- ``task:{id}``    which step recorded a provider task (``chain:index``), so no task is ever
-                   recorded by two steps;
-- ``provider:{digest}``  what a provider has been seen to do (``worker.reconcile.Capability``
-                   per lookup method and task kind).
+Besides the chain documents and their listing, it keeps the owed work (the derived
+schedule, read by the beat sweep), Idempotency-Keys, which step recorded each provider task
+(never two), and what a provider has been seen to do. Key names: ``worker.state.keys``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -20,11 +14,14 @@ from typing import Any
 
 import redis
 
-from worker.atomic import Writes, optimistic
-from worker.chain import Chain, Event, Outcome, evolve, schedule
-from worker.reconcile import Capability
+from kling.models import VIDEO_LIFETIME_SECONDS
+from worker.core.chain import Chain, Event, Outcome, evolve
+from worker.core.reconcile import Capability
+from worker.core.schedule import Due, schedule
+from worker.state import Writes, optimistic
+from worker.state.keys import Keys
 
-TASK_OWNER_TTL = 35 * 24 * 3600  # past the provider's 30 days, when a task is gone anyway
+TASK_OWNER_TTL = int(VIDEO_LIFETIME_SECONDS) + 5 * 24 * 3600  # then the task is gone anyway
 CAPABILITY_TTL = 24 * 3600  # a gateway may change what it does: check again daily
 
 # Pop the members due by ARGV[1] (at most ARGV[3]) and push each forward to ARGV[2], in one
@@ -59,31 +56,33 @@ class Store:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = client
-        self.prefix = prefix
+        self.keys = Keys(prefix)
         self.timing = timing
         self.clock = clock
         self._take_due = client.register_script(_TAKE_DUE)
 
     def _key(self, chain_id: str) -> str:
-        return f"{self.prefix}chain:{chain_id}"
+        return self.keys.chain(chain_id)
 
     @property
     def _due(self) -> str:
-        return f"{self.prefix}due"
+        return self.keys.due
 
     def _schedule(self, chain: Chain) -> dict[str, float]:
+        """The chain's owed work as the members of the ``due`` set."""
         t = self.timing
-        return schedule(
+        due = schedule(
             chain,
             poll_after=t.poll_after,
             submit_lease=t.submit_lease,
             archive_lease=t.archive_lease,
         )
+        return {d.member: at for d, at in due.items()}
 
     def create(self, chain: Chain) -> None:
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.set(self._key(chain.id), chain.to_json(), nx=True)
-            pipe.zadd(f"{self.prefix}chains", {chain.id: chain.created_at})
+            pipe.zadd(self.keys.chains, {chain.id: chain.created_at})
             due = self._schedule(chain)
             if due:
                 pipe.zadd(self._due, due)
@@ -96,7 +95,7 @@ class Store:
 
         Returns the (chain id, body fingerprint) the key belongs to: ours when we won.
         """
-        name = f"{self.prefix}idem:{key}"
+        name = self.keys.idempotency(key)
         value = f"{chain_id} {fingerprint}"
         if self.redis.set(name, value, nx=True, ex=ttl):
             return chain_id, fingerprint
@@ -112,7 +111,7 @@ class Store:
 
     def recent(self, *, limit: int, before: float | None = None) -> list[Chain]:
         top = f"({before}" if before is not None else "+inf"
-        ids = self.redis.zrevrangebyscore(f"{self.prefix}chains", top, "-inf", start=0, num=limit)
+        ids = self.redis.zrevrangebyscore(self.keys.chains, top, "-inf", start=0, num=limit)
         if not ids:
             return []
         raws = self.redis.mget([self._key(_text(i)) for i in ids])
@@ -144,15 +143,15 @@ class Store:
 
         return optimistic(self.redis, key, decide)
 
-    def take_due(self, *, now: float, hold: float, limit: int = 500) -> list[str]:
+    def take_due(self, *, now: float, hold: float, limit: int = 500) -> list[Due]:
         """Due work, each item held back for ``hold`` seconds so it is handed out once."""
         items = self._take_due(keys=[self._due], args=[now, now + hold, limit])
-        return [_text(i) for i in items]
+        return [Due.parse(_text(i)) for i in items]
 
     # -- provider tasks and what the provider can do ------------------------------------------
     def claim_task(self, task_id: str, owner: str) -> str:
         """Bind a provider task to the step ``owner`` unless it is bound; return its owner."""
-        name = f"{self.prefix}task:{task_id}"
+        name = self.keys.task_owner(task_id)
         if self.redis.set(name, owner, nx=True, ex=TASK_OWNER_TTL):
             return owner
         return _text(self.redis.get(name) or owner)
@@ -162,21 +161,18 @@ class Store:
         ids = list(task_ids)
         if not ids:
             return {}
-        found = self.redis.mget([f"{self.prefix}task:{t}" for t in ids])
+        found = self.redis.mget([self.keys.task_owner(t) for t in ids])
         return {t: _text(v) for t, v in zip(ids, found, strict=True) if v is not None}
 
-    def _provider(self, provider: str) -> str:
-        return f"{self.prefix}provider:{hashlib.sha256(provider.encode()).hexdigest()[:16]}"
-
     def capabilities(self, provider: str, *whats: str) -> dict[str, Capability]:
-        raws = self.redis.hmget(self._provider(provider), list(whats))
+        raws = self.redis.hmget(self.keys.provider(provider), list(whats))
         return {
             what: Capability(_text(raw)) if raw is not None else Capability.UNKNOWN
             for what, raw in zip(whats, raws, strict=True)
         }
 
     def set_capability(self, provider: str, what: str, value: Capability) -> None:
-        key = self._provider(provider)
+        key = self.keys.provider(provider)
         with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(key, what, value.value)
             pipe.expire(key, CAPABILITY_TTL)

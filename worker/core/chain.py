@@ -2,7 +2,7 @@
 
 A chain is a JSON document. Every change is ``apply(chain, event, now) -> Outcome``: a new
 chain plus the work to enqueue once the new state is committed. The Redis shell
-(``worker.store``) runs ``apply`` inside a WATCH/MULTI transaction, so concurrent callbacks,
+(``worker.state.chains``) runs ``apply`` inside a WATCH/MULTI transaction, so concurrent callbacks,
 duplicate deliveries and retries all see one linear history.
 
 What must happen next (poll a quiet task, submit a step, archive a video) is *derived* from the
@@ -687,37 +687,3 @@ def _fail(chain: Chain, message: str) -> None:
     if chain.error is None and chain.end_reason is None:
         chain.error = message
     chain.waiting = None
-
-
-# -- the derived schedule ---------------------------------------------------------------------
-def schedule(
-    chain: Chain, *, poll_after: float, submit_lease: float, archive_lease: float
-) -> dict[str, float]:
-    """Work the chain is owed, as ``{"kind|chain|ref": due_time}``.
-
-    The beat sweep enqueues what is due; a lost callback, a dead worker or a crash between
-    commit and enqueue all end up here.
-    """
-    due: dict[str, float] = {}
-    ended = chain.error is not None or chain.end_reason is not None
-    for step in chain.steps:
-        if step.status.active:
-            due[f"poll|{chain.id}|{step.index}"] = (step.news_at or chain.updated_at) + poll_after
-        elif not ended and step.status is StepStatus.PENDING:
-            due[f"submit|{chain.id}|{step.index}"] = (
-                step.retry_at if step.retry_at is not None else chain.updated_at + submit_lease
-            )
-        elif not ended and step.status is StepStatus.SUBMITTING:
-            due[f"submit|{chain.id}|{step.index}"] = (
-                step.claimed_at or chain.updated_at
-            ) + submit_lease
-    for entry in chain.archive:
-        if entry.status is ArchiveStatus.PENDING:
-            if entry.retry_at is not None:
-                at = entry.retry_at
-            elif entry.claimed_at is not None:
-                at = entry.claimed_at + archive_lease
-            else:
-                at = chain.updated_at + submit_lease
-            due[f"archive|{chain.id}|{entry.video_id}"] = at
-    return due

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from kling.models import Task, TaskKind
-from worker.chain import Step
+from worker.core.chain import Step
 
 CLOCK_SLACK_SECONDS = 300.0
 """How far the provider's clock may be from ours when placing a task in a step's window."""

@@ -6,23 +6,14 @@ and beat processes of the Procfile; then a chain from a 5 s video to 30 s, watch
 
 from __future__ import annotations
 
-import secrets
 import sys
 import tempfile
 from pathlib import Path
 
 import requests
 
-from worker.cli import Api, summary, watch
-from worker.devstack import (
-    Stack,
-    embedded_redis,
-    find_procfile,
-    free_port,
-    local_env,
-    python_module,
-    wait_http,
-)
+from chainctl.cli import Api, summary, watch
+from chainctl.devstack import Stack, embedded_redis, free_port, start_local
 
 REAL_SETUP = """
 The same service against a real provider and a real Redis (see README, "Configuration"):
@@ -37,57 +28,34 @@ The same service against a real provider and a real Redis (see README, "Configur
 
 
 def run_demo(*, target: float, delay: float, archive_dir: str) -> int:
-    logs = Path(tempfile.mkdtemp(prefix="kling-chain-demo-"))
-    stack = Stack(logs)
-    redis_port, gateway_port, web_port = free_port(), free_port(), free_port()
-    api_key = secrets.token_hex(12)
+    root = Path(tempfile.mkdtemp(prefix="kling-chain-demo-"))
+    stack = Stack(root / "logs")
     archive = Path(archive_dir).resolve()
-    print(f"demo: logs in {logs}")
-    with embedded_redis(redis_port) as redis_url:
+    print(f"demo: logs in {root / 'logs'}")
+    with embedded_redis(free_port()) as redis_url:
         print(f"demo: embedded Redis (fakeredis) at {redis_url}")
         try:
-            gateway = f"http://127.0.0.1:{gateway_port}"
-            proc = stack.start(
-                "gateway",
-                python_module(
-                    "kling.fake",
-                    "--port",
-                    str(gateway_port),
-                    "--delay",
-                    str(delay),
-                    "--api-key",
-                    api_key,
-                ),
-                {},
-            )
-            wait_http(f"{gateway}/_fake/stats", proc=proc)
-            print(f"demo: fake Kling gateway at {gateway} ({delay:g} s per task)")
-            seed = requests.post(
-                f"{gateway}/_fake/videos", json={"duration": 5.0}, timeout=5
-            ).json()
-            print(
-                f"demo: the gateway holds a 5 s video {seed['video_id']} (task {seed['task_id']})"
-            )
-
-            env = local_env(
+            local = start_local(
+                stack,
+                root,
                 redis_url=f"{redis_url}/0",
-                gateway=gateway,
-                api_key=api_key,
-                web_port=web_port,
-                root=logs,
+                delay=delay,
                 archive_dir=str(archive),
                 poll_after_seconds="20",
                 sweep_seconds="5",
             )
-            for name, command in find_procfile().items():
-                stack.start(name, command, env)
-            wait_http(f"http://127.0.0.1:{web_port}/healthz", proc=stack.procs.get("web"))
+            print(f"demo: fake Kling gateway at {local.gateway} ({delay:g} s per task)")
             print(
-                f"demo: web, worker and beat running (Procfile); API at http://127.0.0.1:{web_port}"
-                f" with API_TOKEN={env['API_TOKEN']}"
+                f"demo: web, worker and beat running (Procfile); API at {local.api}"
+                f" with API_TOKEN={local.env['API_TOKEN']}"
             )
-
-            api = Api(f"http://127.0.0.1:{web_port}", token=env["API_TOKEN"])
+            seed = requests.post(
+                f"{local.gateway}/_fake/videos", json={"duration": 5.0}, timeout=5
+            ).json()
+            print(
+                f"demo: the gateway holds a 5 s video {seed['video_id']} (task {seed['task_id']})"
+            )
+            api = Api(local.api, token=local.env["API_TOKEN"])
             chain = api.create(
                 {
                     "video_id": seed["video_id"],

@@ -1,0 +1,77 @@
+"""The work a chain is owed, derived from its state: a typed value, not a string format.
+
+``schedule(chain)`` says what must happen next and when (poll a quiet task, submit a
+pending step, archive a pending video). The Redis side mirrors it into a sorted set whose
+members are ``Due.member`` strings; the beat sweep takes the due ones back with ``Due.parse``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from worker.core.chain import ArchiveStatus, Chain, StepStatus
+
+
+class Work(StrEnum):
+    POLL = "poll"  # query a task that has had no news for a while
+    SUBMIT = "submit"  # send (or reconcile) a step's create
+    ARCHIVE = "archive"  # download a video into the archive
+
+
+@dataclass(frozen=True)
+class Due:
+    """One piece of owed work: ``ref`` is a step index or a video id."""
+
+    work: Work
+    chain_id: str
+    ref: str
+
+    @property
+    def member(self) -> str:
+        return f"{self.work.value}|{self.chain_id}|{self.ref}"
+
+    @property
+    def index(self) -> int:
+        """The step, for POLL and SUBMIT."""
+        return int(self.ref)
+
+    @classmethod
+    def parse(cls, member: str) -> Due:
+        work, chain_id, ref = member.split("|", 2)
+        return cls(Work(work), chain_id, ref)
+
+
+def schedule(
+    chain: Chain, *, poll_after: float, submit_lease: float, archive_lease: float
+) -> dict[Due, float]:
+    """Work the chain is owed, with when it is due.
+
+    The beat sweep enqueues what is due; a lost callback, a dead worker or a crash between
+    commit and enqueue all end up here.
+    """
+    due: dict[Due, float] = {}
+    ended = chain.error is not None or chain.end_reason is not None
+    for step in chain.steps:
+        if step.status.active:
+            due[Due(Work.POLL, chain.id, str(step.index))] = (
+                step.news_at or chain.updated_at
+            ) + poll_after
+        elif not ended and step.status is StepStatus.PENDING:
+            due[Due(Work.SUBMIT, chain.id, str(step.index))] = (
+                step.retry_at if step.retry_at is not None else chain.updated_at + submit_lease
+            )
+        elif not ended and step.status is StepStatus.SUBMITTING:
+            due[Due(Work.SUBMIT, chain.id, str(step.index))] = (
+                step.claimed_at or chain.updated_at
+            ) + submit_lease
+    for entry in chain.archive:
+        if entry.status is ArchiveStatus.PENDING:
+            if entry.retry_at is not None:
+                at = entry.retry_at
+            elif entry.claimed_at is not None:
+                at = entry.claimed_at + archive_lease
+            else:
+                at = chain.updated_at + submit_lease
+            due[Due(Work.ARCHIVE, chain.id, entry.video_id)] = at
+    return due

@@ -1,0 +1,13 @@
+"""The Celery task names: what the web process and the worker agree on, and nothing else.
+
+The web enqueues by name, so it needs no worker code to do so. The names are on the wire:
+changing one strands the messages queued under the old one.
+"""
+
+SUBMIT_STEP = "kc.submit_step"  # (chain_id, index): send or reconcile a step's create
+REFRESH_STEP = "kc.refresh_step"  # (chain_id, index[, candidate task id]): query a step's task
+ARCHIVE_CHAIN_VIDEO = "kc.archive_video"  # (chain_id, video_id): a chain's video into storage
+IMPORT_TASK = "kc.archive_task"  # (kind, task_id, origin): confirm an outside task, record videos
+ARCHIVE_VIDEO = "kc.archive_record"  # (video_id,): a recorded video into storage
+NOTIFY = "kc.notify"  # (event,): POST one signed event
+SWEEP = "kc.sweep"  # (): hand out owed work, nearest deadline first
