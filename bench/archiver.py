@@ -1,4 +1,4 @@
-"""The archiving process of the download benchmark: one ``worker.outbound.download.download_file``.
+"""The archiving process of the download benchmark: one ``worker.outbound.download.download_into``.
 
 ``python -m bench.archiver URL DEST`` imports everything, prints ``ready`` and waits for a line
 on stdin, so the parent can sample its idle RSS; then downloads URL to DEST exactly as the
@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from worker.outbound.download import download_file
+from worker.outbound.download import download_into
 from worker.outbound.netguard import AllowList
+from worker.storage.local import LocalStorage
 
 
 def main(argv: list[str]) -> int:
@@ -26,7 +27,8 @@ def main(argv: list[str]) -> int:
         return 1
     started, cpu = time.perf_counter(), time.process_time()
     allow = AllowList.parse(urlsplit(url).hostname or "")  # the local gateway
-    got = download_file(url, dest, deadline=time.time() + 600, max_attempts=1, allow=allow)
+    upload = LocalStorage(dest.parent).open(dest.name)
+    got = download_into(url, upload, deadline=time.time() + 600, max_attempts=1, allow=allow)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     result = {"bytes": got.bytes, "sha256": got.sha256, "seconds": seconds, "cpu_seconds": cpu}
     print(json.dumps(result), flush=True)

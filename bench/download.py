@@ -1,4 +1,4 @@
-"""Archive download: throughput of ``worker.outbound.download.download_file`` on a 500 MB
+"""Archive download: throughput of ``worker.outbound.download.download_into`` on a 500 MB
 video, against ``curl -o`` of the same URL in the same run, and the archiving process's peak
 RSS over idle.
 
@@ -154,7 +154,7 @@ def run(root: Path, *, quick: bool) -> Section:
 
     ours, curl = median(ours_mbs), median(curl_mbs)
     section.add(
-        "archive download (download_file)",
+        "archive download (download_into)",
         ours,
         "MiB/s",
         baseline=curl,

@@ -2,11 +2,13 @@
 
 ::
 
-    from kling import ExtendRequest, KlingClient, auth_from
+    from kling import ExtendRequest, KlingClient, TaskKind, auth_from
 
     client = KlingClient("https://api-singapore.klingai.com", auth_from(
         api_key=None, access_key="AK...", secret_key="SK..."), send_parent_task_id=False)
-    task = client.create_extend(ExtendRequest(video_id="...", external_task_id="chain-1-step-2"))
+    task = client.create(
+        TaskKind.VIDEO_EXTEND, ExtendRequest(video_id="...", external_task_id="chain-1-step-2")
+    )
 """
 
 from kling.auth import Auth, BearerKey, JwtAuth, auth_from
@@ -23,7 +25,7 @@ from kling.errors import (
     NotFound,
     PermanentError,
     RetryableError,
-    error_for,
+    provider_error,
 )
 from kling.models import (
     MAX_PROMPT_CHARS,
@@ -62,7 +64,7 @@ __all__ = [
     "Video",
     "auth_from",
     "classify_transport_error",
-    "error_for",
     "parse_task",
+    "provider_error",
     "reply_payload",
 ]

@@ -34,7 +34,7 @@ from kling.errors import (
     NotFound,
     PermanentError,
     RetryableError,
-    error_for,
+    provider_error,
 )
 from kling.models import (
     ExtendRequest,
@@ -170,7 +170,7 @@ def reply_payload(status: int, content: bytes, *, location: str | None = None) -
         snippet = _snippet(content)
         if 200 <= status < 300:
             raise MalformedReply(f"the reply is not a JSON object: {snippet}", http_status=status)
-        raise error_for(None, status, f"HTTP {status} with a non-JSON reply: {snippet}")
+        raise provider_error(None, status, f"HTTP {status} with a non-JSON reply: {snippet}")
 
     raw_message = data.get("message")
     message = raw_message if isinstance(raw_message, str) else ""
@@ -180,12 +180,12 @@ def reply_payload(status: int, content: bytes, *, location: str | None = None) -
         code = envelope_code(data.get("code"))
     except MalformedReply as exc:
         if status >= 400:
-            raise error_for(None, status, message, request_id) from None
+            raise provider_error(None, status, message, request_id) from None
         raise MalformedReply(exc.message, http_status=status, request_id=request_id) from None
     if code:
-        raise error_for(code, status, message, request_id)
+        raise provider_error(code, status, message, request_id)
     if status >= 400:
-        raise error_for(None, status, message, request_id)
+        raise provider_error(None, status, message, request_id)
     return data
 
 
@@ -307,18 +307,6 @@ class KlingClient:
             )
         url = f"{self._url(kind)}?pageNum={page}&pageSize={page_size}"
         return parse_task_list(self._call("GET", url))
-
-    def create_extend(self, request: ExtendRequest) -> Task:
-        return self.create(TaskKind.VIDEO_EXTEND, request)
-
-    def get_extend(self, task_id: str) -> Task:
-        return self.get(TaskKind.VIDEO_EXTEND, task_id)
-
-    def create_text2video(self, request: Text2VideoRequest) -> Task:
-        return self.create(TaskKind.TEXT2VIDEO, request)
-
-    def get_text2video(self, task_id: str) -> Task:
-        return self.get(TaskKind.TEXT2VIDEO, task_id)
 
     def close(self) -> None:
         """Close the HTTP session if this client created it."""

@@ -24,7 +24,7 @@ __all__ = [
     "NotFound",
     "PermanentError",
     "RetryableError",
-    "error_for",
+    "provider_error",
 ]
 
 AUTH_CODES: frozenset[int] = frozenset(range(1000, 1005))
@@ -119,7 +119,7 @@ def default_message(cls: type[KlingError]) -> str:
     return " ".join(doc.strip().split("\n\n")[0].split())
 
 
-def error_for(
+def provider_error(
     code: int | None,
     http_status: int | None,
     message: str,

@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
 
-from kling.errors import InvalidRequest, MalformedReply, error_for
+from kling.errors import InvalidRequest, MalformedReply, provider_error
 
 __all__ = [
     "MAX_PROMPT_CHARS",
@@ -165,7 +165,7 @@ def _unwrap(envelope: Mapping[str, Any], *, list_data: bool = False) -> Any:
         raise MalformedReply(exc.message, request_id=request_id) from None
     if code:
         message = envelope.get("message")
-        raise error_for(code, None, message if isinstance(message, str) else "", request_id)
+        raise provider_error(code, None, message if isinstance(message, str) else "", request_id)
     data = envelope.get("data")
     if list_data:
         return data

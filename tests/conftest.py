@@ -1,9 +1,12 @@
-"""Shared fixtures: a real Redis (fails in CI when missing), and the whole service as processes."""
+"""Shared fixtures: a real Redis (fails in CI when missing), the whole service as processes,
+and a record of what local storage asks of the disk."""
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -28,6 +31,7 @@ STRAY = (
     "DOWNLOAD_MIN_BYTES_PER_SECOND",
     "DOWNLOAD_RATE_WINDOW_SECONDS",
     "ARCHIVE_LEASE_SECONDS",
+    "WORKER_QUEUES",
 )
 
 
@@ -63,3 +67,23 @@ def service(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterato
     svc = start_service(tmp_path_factory.mktemp("service"), redis_url)
     yield svc
     stop_service(svc)
+
+
+@pytest.fixture
+def disk_events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """What ``worker.storage.local`` asks of the disk from now on, in order: "fsync-file",
+    "fsync-dir" and "replace" (each still done)."""
+    events: list[str] = []
+    fsync, replace = os.fsync, os.replace
+
+    def spy_fsync(fd: int) -> None:
+        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
+        fsync(fd)
+
+    def spy_replace(src: Path, dst: Path) -> None:
+        events.append("replace")
+        replace(src, dst)
+
+    monkeypatch.setattr("worker.storage.local.os.fsync", spy_fsync)
+    monkeypatch.setattr("worker.storage.local.os.replace", spy_replace)
+    return events

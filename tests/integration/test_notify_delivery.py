@@ -20,9 +20,9 @@ import pytest
 import requests
 import standardwebhooks
 
+from worker.core.retry import POLICIES, Kind
 from worker.outbound.netguard import AllowList
 from worker.outbound.notify import (
-    MAX_ATTEMPTS,
     DeliveryFailed,
     DeliveryRejected,
     Event,
@@ -172,7 +172,7 @@ def test_retries_send_the_same_id_and_body_each_signed_afresh(receiver: Receiver
     outcomes: list[int | str] = []
 
     # When the event is delivered until it goes through (the Celery task waits in between)
-    for _ in range(MAX_ATTEMPTS):
+    for _ in range(POLICIES[Kind.NOTIFY].max_attempts or 0):
         try:
             outcomes.append(deliver(receiver.url, SECRET, e))
             break

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
-import random
 import re
-import stat
-from pathlib import Path
 
 import pytest
 import requests
@@ -17,21 +12,17 @@ from worker.outbound.download import (
     Action,
     ContentRange,
     DownloadPermanent,
-    backoff,
-    backoff_ceiling,
     check_complete,
     check_url,
-    display_url,
     parse_content_length,
     parse_content_range,
     plan_reply,
     redirect_target,
     request_headers,
     resume_offset,
-    write_json_atomic,
 )
 from worker.outbound.pace import AttemptLimits, pace_problem
-from worker.outbound.urls import describe_error
+from worker.outbound.urls import describe_error, display
 
 MB = 1024 * 1024
 
@@ -80,57 +71,8 @@ def test_check_url_rejects_everything_else(url: str) -> None:
         ("http://user:pw@host:8080/a#frag", "http://host:8080/a"),
     ],
 )
-def test_display_url_drops_secrets(url: str, shown: str) -> None:
-    assert display_url(url) == shown
-
-
-# -- backoff -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("attempt", "ceiling"),
-    [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0), (7, 60.0), (50, 60.0), (10_000, 60.0)],
-)
-def test_backoff_ceiling_doubles_up_to_the_cap(attempt: int, ceiling: float) -> None:
-    assert backoff_ceiling(attempt) == ceiling
-
-
-@pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 13, 100, 10_000])
-@pytest.mark.parametrize(("base", "cap"), [(1.0, 60.0), (0.5, 10.0), (2.0, 3.0)])
-def test_backoff_stays_within_zero_and_the_ceiling(attempt: int, base: float, cap: float) -> None:
-    rng = random.Random(attempt)
-    delays = [backoff(attempt, base=base, cap=cap, rng=rng) for _ in range(200)]
-    ceiling = min(cap, base * 2.0 ** min(attempt - 1, 100))
-    assert all(0.0 <= d <= ceiling <= cap for d in delays)
-    # Full jitter: the delays spread over the whole interval.
-    assert min(delays) < 0.25 * ceiling
-    assert max(delays) > 0.75 * ceiling
-
-
-class _Highest(random.Random):
-    """A Random that always draws the top of the interval."""
-
-    def random(self) -> float:
-        return 1.0
-
-
-@pytest.mark.parametrize("attempt", range(2, 8))
-def test_backoff_grows_with_attempt_until_the_cap(attempt: int) -> None:
-    rng = _Highest()
-    assert backoff(attempt, rng=rng) > backoff(attempt - 1, rng=rng)
-    assert backoff(attempt + 10, rng=rng) == 60.0
-
-
-def test_backoff_with_seeded_rng_is_reproducible() -> None:
-    first = [backoff(n, rng=random.Random(7)) for n in range(1, 10)]
-    again = [backoff(n, rng=random.Random(7)) for n in range(1, 10)]
-    assert first == again
-
-
-@pytest.mark.parametrize("attempt", [0, -1])
-def test_backoff_counts_attempts_from_one(attempt: int) -> None:
-    with pytest.raises(ValueError, match="from 1"):
-        backoff(attempt)
+def test_display_drops_secrets(url: str, shown: str) -> None:
+    assert display(url) == shown
 
 
 # -- header parsing ------------------------------------------------------------------------
@@ -275,79 +217,6 @@ def test_request_headers(offset: int, etag: str | None, expected: dict[str, str]
 )
 def test_check_complete(received: int, total: int | None, complete: bool) -> None:
     assert (check_complete(received, total) is None) is complete
-
-
-# -- write_json_atomic ---------------------------------------------------------------------
-
-
-def test_write_json_atomic_writes_valid_json_and_no_temp(tmp_path: Path) -> None:
-    path = tmp_path / "meta" / "video.json"
-    data = {"id": "abc", "bytes": 3, "tags": ["é", 1], "nested": {"ok": True}}
-
-    write_json_atomic(path, data)
-
-    assert json.loads(path.read_text(encoding="utf-8")) == data
-    assert sorted(p.name for p in path.parent.iterdir()) == ["video.json"]
-
-
-def test_write_json_atomic_replaces_an_existing_file(tmp_path: Path) -> None:
-    path = tmp_path / "video.json"
-    write_json_atomic(path, {"version": 1, "long": "x" * 1000})
-
-    write_json_atomic(path, {"version": 2})
-
-    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 2}
-    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
-
-
-def test_write_json_atomic_failure_keeps_the_old_file(tmp_path: Path) -> None:
-    path = tmp_path / "video.json"
-    write_json_atomic(path, {"version": 1})
-
-    with pytest.raises(TypeError):
-        write_json_atomic(path, {"version": object()})
-
-    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
-
-
-def test_write_json_atomic_removes_the_temp_when_the_replace_fails(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = tmp_path / "video.json"
-    path.write_text('{"version": 1}', encoding="utf-8")
-
-    def refuse(src: object, dst: object) -> None:
-        raise OSError("disk on fire")
-
-    monkeypatch.setattr("worker.storage.local.os.replace", refuse)
-    with pytest.raises(OSError, match="disk on fire"):
-        write_json_atomic(path, {"version": 2})
-
-    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
-
-
-def test_write_json_atomic_syncs_the_file_then_the_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    events: list[str] = []
-    fsync, replace = os.fsync, os.replace
-
-    def spy_fsync(fd: int) -> None:
-        events.append("fsync-dir" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync-file")
-        fsync(fd)
-
-    def spy_replace(src: Path, dst: Path) -> None:
-        events.append("replace")
-        replace(src, dst)
-
-    monkeypatch.setattr("worker.storage.local.os.fsync", spy_fsync)
-    monkeypatch.setattr("worker.storage.local.os.replace", spy_replace)
-
-    write_json_atomic(tmp_path / "video.json", {"ok": True})
-
-    assert events == ["fsync-file", "replace", "fsync-dir"]
 
 
 # -- redirect_target -----------------------------------------------------------------------

@@ -200,7 +200,7 @@ class CountingAuth:
 def test_create_extend_posts_json_with_headers(server: LoopbackServer, client: KlingClient) -> None:
     server.script(ok(SUBMITTED))
 
-    task = client.create_extend(EXTEND)
+    task = client.create(TaskKind.VIDEO_EXTEND, EXTEND)
 
     assert task.task_id == "task-2"
     assert task.status is TaskStatus.SUBMITTED
@@ -232,7 +232,7 @@ def test_create_text2video_sends_duration_as_string(
 ) -> None:
     server.script(ok(SUBMITTED))
 
-    client.create_text2video(Text2VideoRequest(prompt="a fox", duration=10))
+    client.create(TaskKind.TEXT2VIDEO, Text2VideoRequest(prompt="a fox", duration=10))
 
     [sent] = server.received
     assert sent.path == "/kling/v1/videos/text2video"
@@ -252,7 +252,7 @@ def test_create_text2video_sends_duration_as_string(
 def test_url_joining(server: LoopbackServer, suffix: str, expected_path: str) -> None:
     server.script(ok(SUCCEEDED))
     with KlingClient(server.url + suffix, BearerKey("k"), timeout=FAST) as kling:
-        task = kling.get_extend("task-2")
+        task = kling.get(TaskKind.VIDEO_EXTEND, "task-2")
 
     assert server.received[0].path == expected_path
     assert server.received[0].method == "GET"
@@ -264,7 +264,7 @@ def test_task_ids_are_quoted_in_the_path(server: LoopbackServer, client: KlingCl
     server.script(ok(SUCCEEDED), ok(SUCCEEDED))
 
     client.get(TaskKind.TEXT2VIDEO, "a/b c?d")
-    client.get_text2video("plain")
+    client.get(TaskKind.TEXT2VIDEO, "plain")
 
     assert [r.path for r in server.received] == [
         "/kling/v1/videos/text2video/a%2Fb%20c%3Fd",
@@ -311,8 +311,8 @@ def test_every_request_carries_the_timeout() -> None:
     session.mount("https://", Recorder())
     kling = KlingClient("https://gw.example", BearerKey("k"), timeout=(3, 7), session=session)
 
-    kling.create_extend(ExtendRequest(video_id="v"))
-    kling.get_extend("task-2")
+    kling.create(TaskKind.VIDEO_EXTEND, ExtendRequest(video_id="v"))
+    kling.get(TaskKind.VIDEO_EXTEND, "task-2")
     kling.find_by_external_id(TaskKind.VIDEO_EXTEND, "x")
 
     assert seen == [(3.0, 7.0)] * 3
@@ -396,7 +396,7 @@ def test_empty_task_id_is_not_sent(
     server: LoopbackServer, client: KlingClient, task_id: str
 ) -> None:
     with pytest.raises(InvalidRequest, match="task_id must be a non-empty string"):
-        client.get_extend(task_id)
+        client.get(TaskKind.VIDEO_EXTEND, task_id)
 
     assert server.received == []
 
@@ -424,7 +424,7 @@ def test_provider_errors_are_raised_without_retrying(
     server.script(json_reply(status, {**body, "request_id": "req-7"}))
 
     with pytest.raises(expected) as caught:
-        client.get_extend("task-2")
+        client.get(TaskKind.VIDEO_EXTEND, "task-2")
 
     assert type(caught.value) is expected
     assert (caught.value.code, caught.value.http_status) == (body["code"], status)
@@ -452,7 +452,7 @@ def test_odd_replies_to_a_query(
     server.script(reply)
 
     with pytest.raises(expected) as caught:
-        client.get_extend("task-2")
+        client.get(TaskKind.VIDEO_EXTEND, "task-2")
 
     assert type(caught.value) is expected
     assert len(server.received) == 1
@@ -471,7 +471,7 @@ def test_unreadable_answer_to_a_create_is_ambiguous(
     server.script(reply)
 
     with pytest.raises(AmbiguousCreate, match="the task probably exists"):
-        client.create_extend(EXTEND)
+        client.create(TaskKind.VIDEO_EXTEND, EXTEND)
 
 
 @pytest.mark.parametrize(
@@ -495,7 +495,7 @@ def test_a_create_answered_by_a_timeout_or_a_gateway_error_may_have_been_billed(
     server.script(reply)
 
     with pytest.raises(KlingError) as caught:
-        client.create_extend(EXTEND)
+        client.create(TaskKind.VIDEO_EXTEND, EXTEND)
 
     assert type(caught.value) is expected
     assert len(server.received) == 1
@@ -508,7 +508,7 @@ def test_the_same_replies_to_a_query_are_plain_retries(
 
     for _ in range(2):
         with pytest.raises(RetryableError) as caught:
-            client.get_extend("task-2")
+            client.get(TaskKind.VIDEO_EXTEND, "task-2")
         assert type(caught.value) is RetryableError
 
 
@@ -538,7 +538,7 @@ def test_redirects_are_not_followed(server: LoopbackServer, client: KlingClient)
     server.script(raw_reply(301, b"", headers={"Location": "https://gw.example/kling/v1/x"}))
 
     with pytest.raises(PermanentError, match=r"redirected to https://gw\.example/kling/v1/x"):
-        client.create_extend(EXTEND)
+        client.create(TaskKind.VIDEO_EXTEND, EXTEND)
 
     assert len(server.received) == 1
 
@@ -552,7 +552,7 @@ def test_auth_failure_refreshes_and_retries_once(server: LoopbackServer, code: i
     server.script(json_reply(401, {"code": code, "message": "expired"}), ok(SUBMITTED))
 
     with KlingClient(server.url, auth, timeout=FAST) as kling:
-        task = kling.create_extend(EXTEND)
+        task = kling.create(TaskKind.VIDEO_EXTEND, EXTEND)
 
     assert task.task_id == "task-2"
     assert auth.generation == 1
@@ -572,7 +572,7 @@ def test_second_auth_failure_raises(server: LoopbackServer) -> None:
     )
 
     with KlingClient(server.url, auth, timeout=FAST) as kling, pytest.raises(AuthError) as caught:
-        kling.get_extend("task-2")
+        kling.get(TaskKind.VIDEO_EXTEND, "task-2")
 
     assert caught.value.code == 1002
     assert caught.value.request_id == "r2"
@@ -586,7 +586,7 @@ def test_jwt_is_re_minted_after_an_auth_failure(server: LoopbackServer) -> None:
     server.script(json_reply(401, {"code": 1004, "message": "expired"}), ok(SUCCEEDED))
 
     with KlingClient(server.url, auth, timeout=FAST) as kling:
-        kling.get_extend("task-2")
+        kling.get(TaskKind.VIDEO_EXTEND, "task-2")
 
     first, second = (r.headers["Authorization"] for r in server.received)
     assert first.startswith("Bearer ey")
@@ -604,7 +604,7 @@ def test_broken_reply_to_a_create_is_ambiguous(
     server.script(behaviour)
 
     with pytest.raises(AmbiguousCreate, match="may have reached the provider"):
-        client.create_extend(EXTEND)
+        client.create(TaskKind.VIDEO_EXTEND, EXTEND)
 
     assert len(server.received) == 1
 
@@ -616,24 +616,24 @@ def test_broken_reply_to_a_query_is_retryable(
     server.script(behaviour)
 
     with pytest.raises(RetryableError):
-        client.get_extend("task-2")
+        client.get(TaskKind.VIDEO_EXTEND, "task-2")
 
 
 def test_read_timeout(server: LoopbackServer) -> None:
     server.script(stall, stall)
     with KlingClient(server.url, BearerKey("k"), timeout=(1.0, 0.2)) as kling:
         with pytest.raises(AmbiguousCreate, match="read timeout"):
-            kling.create_extend(EXTEND)
+            kling.create(TaskKind.VIDEO_EXTEND, EXTEND)
         with pytest.raises(RetryableError):
-            kling.get_extend("task-2")
+            kling.get(TaskKind.VIDEO_EXTEND, "task-2")
 
 
 def test_nothing_listening_is_retryable_even_for_a_create() -> None:
     with KlingClient(f"http://127.0.0.1:{free_port()}", BearerKey("k"), timeout=FAST) as kling:
         with pytest.raises(RetryableError, match="could not connect"):
-            kling.create_extend(EXTEND)
+            kling.create(TaskKind.VIDEO_EXTEND, EXTEND)
         with pytest.raises(RetryableError, match="could not connect"):
-            kling.get_extend("task-2")
+            kling.get(TaskKind.VIDEO_EXTEND, "task-2")
 
 
 # --- logging -------------------------------------------------------------------------
@@ -646,9 +646,9 @@ def test_requests_are_logged_without_secrets(
     caplog.set_level(logging.DEBUG, logger="kling")
 
     with KlingClient(server.url, BearerKey("sk-very-secret"), timeout=FAST) as kling:
-        kling.create_extend(EXTEND)
+        kling.create(TaskKind.VIDEO_EXTEND, EXTEND)
         with pytest.raises(RetryableError):
-            kling.get_extend("task-2")
+            kling.get(TaskKind.VIDEO_EXTEND, "task-2")
 
     text = caplog.text
     assert "POST " + server.url + "/v1/videos/video-extend" in text

@@ -16,7 +16,7 @@ from kling.errors import (
     NotFound,
     PermanentError,
     RetryableError,
-    error_for,
+    provider_error,
 )
 
 # (HTTP status, code, expected type) for every row of the table in KLING_API.md.
@@ -43,7 +43,7 @@ DOCUMENTED = [
 
 @pytest.mark.parametrize(("http_status", "code", "expected"), DOCUMENTED)
 def test_documented_codes(http_status: int, code: int, expected: type[KlingError]) -> None:
-    error = error_for(code, http_status, "provider says no", "req-1")
+    error = provider_error(code, http_status, "provider says no", "req-1")
 
     assert type(error) is expected
     assert (error.code, error.http_status, error.request_id) == (code, http_status, "req-1")
@@ -84,25 +84,25 @@ def test_code_sets_cover_the_table_and_do_not_overlap() -> None:
 def test_fallbacks_and_precedence(
     code: int | None, http_status: int | None, expected: type[KlingError]
 ) -> None:
-    assert type(error_for(code, http_status, "x")) is expected
+    assert type(provider_error(code, http_status, "x")) is expected
 
 
 def test_1102_is_permanent_not_retryable() -> None:
-    error = error_for(1102, 429, "resource pack exhausted")
+    error = provider_error(1102, 429, "resource pack exhausted")
 
     assert isinstance(error, PermanentError)
     assert not isinstance(error, RetryableError)
 
 
 def test_empty_message_falls_back_to_the_class_meaning() -> None:
-    error = error_for(1303, 429, "  ")
+    error = provider_error(1303, 429, "  ")
 
     assert error.message == RetryableError.__doc__
     assert "try again" in str(error)
 
 
 def test_str_names_code_status_and_request_id() -> None:
-    error = error_for(1301, 400, "content safety", "abc")
+    error = provider_error(1301, 400, "content safety", "abc")
 
     assert str(error) == "content safety (code 1301, HTTP 400, request_id abc)"
     assert "AccountError" not in repr(error)

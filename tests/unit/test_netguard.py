@@ -16,7 +16,6 @@ from worker.outbound.netguard import (
     GuardedAdapter,
     address_kind,
     guarded_session,
-    is_allowed,
     is_guarded,
     refusal,
 )
@@ -177,7 +176,7 @@ def test_allow_list_names_the_bad_entry(entry: str, why: str) -> None:
 )
 def test_allows(allow: str, host: str, address: str, allowed: bool) -> None:
     ip = ipaddress.ip_address(address)
-    assert is_allowed(ip, AllowList.parse(allow), host=host) is allowed
+    assert (refusal(host, ip, AllowList.parse(allow)) is None) is allowed
 
 
 def test_refusal_names_the_host_the_kind_and_the_remedy() -> None:

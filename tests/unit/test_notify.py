@@ -1,4 +1,4 @@
-"""Outbound notifications: the signature scheme, the payload, ids, backoff and reply handling.
+"""Outbound notifications: the signature scheme, the payload, ids and reply handling.
 
 The signature is checked against the test vector published with Standard Webhooks (the
 reference Python library's ``test_sign_function``, and the other libraries' tests): the same
@@ -12,7 +12,6 @@ import base64
 import hashlib
 import hmac
 import json
-import random
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any, Self
@@ -21,22 +20,18 @@ import pytest
 import standardwebhooks.webhooks
 
 from worker.outbound.notify import (
-    MAX_ATTEMPTS,
     DeliveryFailed,
     DeliveryRejected,
     Event,
     EventType,
     WebhookVerificationError,
     check_url,
-    delay_ceiling,
     deliver,
-    error_for,
+    delivery_error,
     event_id,
     new_event,
-    next_delay,
     parse_retry_after,
     parse_secret,
-    retry_delay,
     sign_headers,
     verify,
 )
@@ -418,81 +413,28 @@ def test_from_dict_refuses_what_is_not_an_event(value: dict[str, Any]) -> None:
         Event.from_dict(value)
 
 
-# --- backoff -------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("seed", [0, 1, 42, 2024])
-@pytest.mark.parametrize(
-    ("attempt", "ceiling"),
-    [(1, 5.0), (2, 10.0), (3, 20.0), (6, 160.0), (10, 2560.0), (11, 3600.0), (12, 3600.0)],
-)
-def test_next_delay_is_between_zero_and_the_ceiling(
-    seed: int, attempt: int, ceiling: float
-) -> None:
-    rng = random.Random(seed)
-    delays = [next_delay(attempt, rng=rng) for _ in range(200)]
-
-    assert delay_ceiling(attempt) == ceiling
-    assert all(0.0 <= d <= ceiling for d in delays)
-    assert max(delays) > 0.8 * ceiling  # full jitter: the whole range is used
-    assert min(delays) < 0.2 * ceiling
-
-
-def test_next_delay_is_reproducible_with_a_seed_and_honours_base_and_cap() -> None:
-    assert next_delay(4, rng=random.Random(7)) == next_delay(4, rng=random.Random(7))
-    assert 0.0 <= next_delay(3, base=1.0, cap=2.0, rng=random.Random(7)) <= 2.0
-    assert delay_ceiling(3, base=1.0, cap=2.0) == 2.0
-    assert 0.0 <= next_delay(5) <= 80.0
-
-
-def test_huge_attempt_numbers_stay_at_the_cap() -> None:
-    assert delay_ceiling(10_000) == 3600.0
-    assert 0.0 <= next_delay(10_000, rng=random.Random(1)) <= 3600.0
-
-
-@pytest.mark.parametrize("attempt", [0, -1])
-def test_attempts_count_from_one(attempt: int) -> None:
-    with pytest.raises(ValueError, match="from 1"):
-        next_delay(attempt)
-
-
-def test_max_attempts_spans_what_its_docstring_says() -> None:
-    waits = [delay_ceiling(n) for n in range(1, MAX_ATTEMPTS)]
-
-    assert MAX_ATTEMPTS == 12
-    assert len(waits) == 11
-    assert sum(waits) == 8715.0
-
-
-def test_retry_delay_waits_at_least_retry_after_but_never_past_the_cap() -> None:
-    rng = random.Random(3)
-    assert retry_delay(1, DeliveryFailed("x", retry_after=30.0), rng=rng) == 30.0
-    assert retry_delay(1, DeliveryFailed("x", retry_after=86400.0), rng=rng) == 3600.0
-    assert 0.0 <= retry_delay(1, DeliveryFailed("x"), rng=rng) <= 5.0
-
-
 # --- replies -------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("status", [200, 201, 202, 204, 299])
 def test_2xx_is_delivered(status: int) -> None:
-    assert error_for(status) is None
+    assert delivery_error(status) is None
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504, 599, 408, 429, 301, 302, 307, 308, 100])
 def test_retryable_statuses(status: int) -> None:
-    assert isinstance(error_for(status), DeliveryFailed)
+    assert isinstance(delivery_error(status), DeliveryFailed)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 410, 413, 422, 499])
 def test_permanent_statuses(status: int) -> None:
-    error = error_for(status)
+    error = delivery_error(status)
     assert isinstance(error, DeliveryRejected)
     assert str(status) in str(error)
 
 
 def test_retry_after_travels_with_the_failure() -> None:
-    error = error_for(429, "7")
+    error = delivery_error(429, "7")
     assert isinstance(error, DeliveryFailed)
     assert error.retry_after == 7.0
 

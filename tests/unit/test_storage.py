@@ -17,7 +17,7 @@ from botocore.exceptions import (
 
 from worker.storage import S3Location, parse_archive_url
 from worker.storage.errors import StoragePermanent, StorageRetryable
-from worker.storage.s3 import composite_sha256, error_for, s3_client
+from worker.storage.s3 import composite_sha256, s3_client, storage_error
 
 
 @pytest.mark.parametrize(
@@ -112,8 +112,10 @@ def _client_error(code: str, status: int) -> ClientError:
         (ReadTimeoutError(endpoint_url="http://minio:9000"), StorageRetryable),
     ],
 )
-def test_error_for_sorts_retryable_from_permanent(exc: Exception, kind: type[Exception]) -> None:
-    error = error_for(exc, "uploading part 3 of s3://b/k")
+def test_storage_error_sorts_retryable_from_permanent(
+    exc: Exception, kind: type[Exception]
+) -> None:
+    error = storage_error(exc, "uploading part 3 of s3://b/k")
 
     assert type(error) is kind
     assert str(error).startswith("uploading part 3 of s3://b/k: ")

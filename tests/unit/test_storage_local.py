@@ -1,4 +1,4 @@
-"""LocalStorage: uploads that appear whole or not at all, name checks, atomic JSON."""
+"""LocalStorage: uploads that appear whole or not at all, their hash, name checks, atomic JSON."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from worker.storage import Upload, open_storage
 from worker.storage.errors import ChecksumMismatch
-from worker.storage.local import LocalStorage
+from worker.storage.local import LocalStorage, write_json_atomic
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 DATA_SHA256 = hashlib.sha256(DATA).hexdigest()
@@ -19,6 +19,10 @@ DATA_SHA256 = hashlib.sha256(DATA).hexdigest()
 
 def listing(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+def exists(storage: LocalStorage, name: str) -> bool:
+    return (storage.directory / name).is_file()
 
 
 @pytest.fixture
@@ -44,16 +48,17 @@ def test_commit_makes_the_file_appear_whole(storage: LocalStorage) -> None:
     [temp] = listing(storage.directory)
     assert temp.startswith(".vid_1.mp4.")
     assert temp.endswith(".part")
-    assert not storage.exists("vid_1.mp4")
+    assert not exists(storage, "vid_1.mp4")
 
     # When it is committed
-    location = upload.commit(size=len(DATA), sha256=DATA_SHA256)
+    location = upload.commit(size=len(DATA))
 
-    # Then the file is there with the right bytes, and nothing else
+    # Then the file is there with the right bytes and hash, and nothing else
     assert location == str(storage.directory / "vid_1.mp4")
     assert Path(location).read_bytes() == DATA
+    assert upload.sha256 == DATA_SHA256
     assert listing(storage.directory) == ["vid_1.mp4"]
-    assert storage.exists("vid_1.mp4")
+    assert exists(storage, "vid_1.mp4")
 
 
 def test_commit_replaces_an_older_file_only_at_the_end(storage: LocalStorage) -> None:
@@ -63,55 +68,35 @@ def test_commit_replaces_an_older_file_only_at_the_end(storage: LocalStorage) ->
     write_in_pieces(upload, DATA)
 
     assert (storage.directory / "vid_1.mp4").read_bytes() == b"older copy"
-    upload.commit(size=len(DATA), sha256=DATA_SHA256.upper())
+    upload.commit(size=len(DATA))
 
     assert (storage.directory / "vid_1.mp4").read_bytes() == DATA
     assert listing(storage.directory) == ["vid_1.mp4"]
 
 
 def test_commit_syncs_the_file_then_renames_then_syncs_the_directory(
-    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+    storage: LocalStorage, disk_events: list[str]
 ) -> None:
-    events: list[str] = []
-    fsync, replace = os.fsync, os.replace
-
-    def spy_fsync(fd: int) -> None:
-        events.append("fsync")
-        fsync(fd)
-
-    def spy_replace(src: Path, dst: Path) -> None:
-        events.append("replace")
-        replace(src, dst)
-
     upload = storage.open("vid_1.mp4")
     upload.write(b"abc")
-    monkeypatch.setattr("worker.storage.local.os.fsync", spy_fsync)
-    monkeypatch.setattr("worker.storage.local.os.replace", spy_replace)
 
-    upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+    upload.commit(size=3)
 
-    assert events == ["fsync", "replace", "fsync"]
+    assert disk_events == ["fsync-file", "replace", "fsync-dir"]
 
 
 def test_empty_object(storage: LocalStorage) -> None:
     upload = storage.open("empty.mp4")
 
-    location = upload.commit(size=0, sha256=hashlib.sha256(b"").hexdigest())
+    location = upload.commit(size=0)
 
     assert Path(location).read_bytes() == b""
+    assert upload.sha256 == hashlib.sha256(b"").hexdigest()
 
 
-@pytest.mark.parametrize(
-    ("size", "sha256"),
-    [
-        (len(DATA) - 1, DATA_SHA256),
-        (len(DATA) + 1, DATA_SHA256),
-        (len(DATA), hashlib.sha256(b"other bytes").hexdigest()),
-        (len(DATA), "not a hash"),
-    ],
-)
-def test_commit_with_wrong_size_or_sha256_raises_and_leaves_nothing(
-    storage: LocalStorage, size: int, sha256: str
+@pytest.mark.parametrize("size", [len(DATA) - 1, len(DATA) + 1, 0])
+def test_commit_with_the_wrong_size_raises_and_leaves_nothing(
+    storage: LocalStorage, size: int
 ) -> None:
     storage.directory.mkdir()
     (storage.directory / "vid_1.mp4").write_bytes(b"older copy")
@@ -119,7 +104,7 @@ def test_commit_with_wrong_size_or_sha256_raises_and_leaves_nothing(
     write_in_pieces(upload, DATA)
 
     with pytest.raises(ChecksumMismatch, match="were written"):
-        upload.commit(size=size, sha256=sha256)
+        upload.commit(size=size)
 
     assert listing(storage.directory) == ["vid_1.mp4"]
     assert (storage.directory / "vid_1.mp4").read_bytes() == b"older copy"
@@ -136,7 +121,7 @@ def test_a_failing_rename_leaves_nothing(
 
     monkeypatch.setattr("worker.storage.local.os.replace", refuse)
     with pytest.raises(OSError, match="disk on fire"):
-        upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+        upload.commit(size=3)
 
     assert listing(storage.directory) == []
 
@@ -155,7 +140,7 @@ def test_abort_leaves_nothing_and_can_be_repeated(storage: LocalStorage) -> None
     with pytest.raises(RuntimeError, match="aborted"):
         upload.write(b"more")
     with pytest.raises(RuntimeError, match="aborted"):
-        upload.commit(size=len(DATA), sha256=DATA_SHA256)
+        upload.commit(size=len(DATA))
 
 
 def test_an_exception_while_writing_then_abort_leaves_nothing(storage: LocalStorage) -> None:
@@ -178,13 +163,13 @@ def test_an_exception_while_writing_then_abort_leaves_nothing(storage: LocalStor
 def test_abort_after_commit_keeps_the_file(storage: LocalStorage) -> None:
     upload = storage.open("vid_1.mp4")
     upload.write(b"abc")
-    upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+    upload.commit(size=3)
 
     upload.abort()
 
     assert (storage.directory / "vid_1.mp4").read_bytes() == b"abc"
     with pytest.raises(RuntimeError, match="committed"):
-        upload.commit(size=3, sha256=hashlib.sha256(b"abc").hexdigest())
+        upload.commit(size=3)
 
 
 def test_rewind_discards_what_was_written(storage: LocalStorage) -> None:
@@ -194,10 +179,12 @@ def test_rewind_discards_what_was_written(storage: LocalStorage) -> None:
     upload.rewind()
 
     assert upload.offset == 0
+    assert upload.sha256 == hashlib.sha256(b"").hexdigest()
     write_in_pieces(upload, DATA)
     assert upload.offset == len(DATA)
-    upload.commit(size=len(DATA), sha256=DATA_SHA256)
+    upload.commit(size=len(DATA))
     assert (storage.directory / "vid_1.mp4").read_bytes() == DATA
+    assert upload.sha256 == DATA_SHA256
 
 
 def test_two_uploads_of_one_name_do_not_share_a_temp_file(storage: LocalStorage) -> None:
@@ -205,7 +192,7 @@ def test_two_uploads_of_one_name_do_not_share_a_temp_file(storage: LocalStorage)
     first.write(b"first")
     second.write(b"second")
 
-    second.commit(size=6, sha256=hashlib.sha256(b"second").hexdigest())
+    second.commit(size=6)
     first.abort()
 
     assert (storage.directory / "vid_1.mp4").read_bytes() == b"second"
@@ -223,17 +210,13 @@ def test_names_that_are_not_plain_file_names_are_refused(storage: LocalStorage, 
     with pytest.raises(ValueError, match="object name"):
         storage.open(name)
     with pytest.raises(ValueError, match="object name"):
-        storage.location(name)
-    with pytest.raises(ValueError, match="object name"):
         storage.write_json(name, {})
-    with pytest.raises(ValueError, match="object name"):
-        storage.exists(name)
     assert listing(storage.directory) == []
 
 
 @pytest.mark.parametrize("name", ["vid_123.mp4", "vid-1.2.json", "a", "CjhDaWgU7G.mp4"])
 def test_plain_names_are_accepted(storage: LocalStorage, name: str) -> None:
-    assert storage.location(name) == str(storage.directory / name)
+    assert storage.open(name).commit(size=0) == str(storage.directory / name)
 
 
 def test_a_relative_directory_gives_absolute_locations(
@@ -243,7 +226,7 @@ def test_a_relative_directory_gives_absolute_locations(
 
     storage = LocalStorage(Path("archive"))
 
-    assert storage.location("v.mp4") == str(tmp_path / "archive" / "v.mp4")
+    assert storage.open("v.mp4").commit(size=0) == str(tmp_path / "archive" / "v.mp4")
 
 
 # -- JSON --------------------------------------------------------------------------------------
@@ -288,6 +271,65 @@ def test_write_json_replaces_in_one_step(
     assert json.loads((storage.directory / "vid_1.json").read_text("utf-8")) == {"version": 2}
 
 
+# -- write_json_atomic ---------------------------------------------------------------------
+
+
+def test_write_json_atomic_writes_valid_json_and_no_temp(tmp_path: Path) -> None:
+    path = tmp_path / "meta" / "video.json"
+    data = {"id": "abc", "bytes": 3, "tags": ["é", 1], "nested": {"ok": True}}
+
+    write_json_atomic(path, data)
+
+    assert json.loads(path.read_text(encoding="utf-8")) == data
+    assert sorted(p.name for p in path.parent.iterdir()) == ["video.json"]
+
+
+def test_write_json_atomic_replaces_an_existing_file(tmp_path: Path) -> None:
+    path = tmp_path / "video.json"
+    write_json_atomic(path, {"version": 1, "long": "x" * 1000})
+
+    write_json_atomic(path, {"version": 2})
+
+    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 2}
+    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
+
+
+def test_write_json_atomic_failure_keeps_the_old_file(tmp_path: Path) -> None:
+    path = tmp_path / "video.json"
+    write_json_atomic(path, {"version": 1})
+
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"version": object()})
+
+    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
+
+
+def test_write_json_atomic_removes_the_temp_when_the_replace_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "video.json"
+    path.write_text('{"version": 1}', encoding="utf-8")
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr("worker.storage.local.os.replace", refuse)
+    with pytest.raises(OSError, match="disk on fire"):
+        write_json_atomic(path, {"version": 2})
+
+    assert json.loads(path.read_text(encoding="utf-8")) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["video.json"]
+
+
+def test_write_json_atomic_syncs_the_file_then_the_directory(
+    tmp_path: Path, disk_events: list[str]
+) -> None:
+    write_json_atomic(tmp_path / "video.json", {"ok": True})
+
+    assert disk_events == ["fsync-file", "replace", "fsync-dir"]
+
+
 # -- open_storage ------------------------------------------------------------------------------
 
 
@@ -303,4 +345,4 @@ def test_file_url_means_that_directory(tmp_path: Path) -> None:
     storage = open_storage(archive_url=f"file://{tmp_path}/b%20c", archive_dir=tmp_path / "a")
 
     assert isinstance(storage, LocalStorage)
-    assert storage.location("v.mp4") == str(tmp_path / "b c" / "v.mp4")
+    assert storage.directory == tmp_path / "b c"

@@ -1,18 +1,18 @@
 """Streaming, resumable download of one file over HTTP(S) into archive storage.
 
 The archiver calls `download_into` to copy a video into its storage (`worker.storage`)
-before the provider deletes it. The body streams into an `Upload` while it is hashed; only a
-complete, verified object is committed, so the final name never holds a partial video.
-Failed attempts are retried with backoff, resuming with a `Range` request from the upload's
-offset when the server supports it, and starting the upload over when it does not.
-`download_file` is the same into a local file.
+before the provider deletes it. The body streams into an `Upload`, which hashes what it
+holds; only a complete, verified object is committed, so the final name never holds a partial
+video. Failed attempts are retried with backoff (`worker.core.retry`, `Kind.DOWNLOAD`),
+resuming with a `Range` request from the upload's offset when the server supports it, and
+starting the upload over when it does not.
 
 Every connection goes through `worker.outbound.netguard`: a URL (or a redirect, at most
 `MAX_REDIRECTS` of them) that leads to a loopback, private or link-local address is refused
 for good unless ``ALLOW_PRIVATE_HOSTS`` names it. Each attempt has a time limit and a minimum
 throughput (`AttemptLimits`), so a host that trickles the body is cut off and resumed later
-instead of holding a worker for hours. Messages name URLs by `display_url` only: a signed
-URL's query string never reaches an error or a log line.
+instead of holding a worker for hours. Messages name URLs by `worker.outbound.urls.display`
+only: a signed URL's query string never reaches an error or a log line.
 
 The decisions (is this URL acceptable, how long to wait, what to do with a reply, where to
 resume, where a redirect leads, whether an attempt is too slow) are pure functions below;
@@ -22,24 +22,21 @@ resume, where a redirect leads, whether an attempt is too slow) are pure functio
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
-import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urljoin
 
 import requests
 import urllib3
 
+from worker.core import retry
 from worker.outbound.netguard import AllowList, DestinationRefused, guarded_session, is_guarded
 from worker.outbound.pace import DEFAULT_LIMITS, AttemptLimits, Meter
 from worker.outbound.urls import describe_error, display, http_problem
 from worker.storage import Upload
-from worker.storage.local import LocalStorage, write_json_atomic
 
 __all__ = [
     "MAX_REDIRECTS",
@@ -51,12 +48,8 @@ __all__ = [
     "DownloadRetryable",
     "Downloaded",
     "Plan",
-    "backoff",
-    "backoff_ceiling",
     "check_complete",
     "check_url",
-    "display_url",
-    "download_file",
     "download_into",
     "parse_content_length",
     "parse_content_range",
@@ -64,7 +57,6 @@ __all__ = [
     "redirect_target",
     "request_headers",
     "resume_offset",
-    "write_json_atomic",
 ]
 
 log = logging.getLogger(__name__)
@@ -97,13 +89,6 @@ class Downloaded:
     bytes: int
     sha256: str
 
-    @property
-    def path(self) -> Path:
-        """The local file; ValueError when the object is in remote storage."""
-        if "://" in self.location:
-            raise ValueError(f"{self.location} is not a local file")
-        return Path(self.location)
-
 
 # -- pure decisions ----------------------------------------------------------------------
 
@@ -114,31 +99,6 @@ def check_url(url: str) -> str:
     if problem is not None:
         raise DownloadPermanent(f"cannot download: {problem}")
     return url
-
-
-display_url = display
-
-
-def backoff_ceiling(attempt: int, *, base: float = 1.0, cap: float = 60.0) -> float:
-    """Largest delay before retry number `attempt` (1 for the first retry): base * 2**(n-1)."""
-    if attempt < 1:
-        raise ValueError(f"attempt counts from 1, got {attempt}")
-    exponent = min(attempt - 1, 64)  # 2.0**64 is far past any cap; avoids float overflow
-    return min(cap, base * 2.0**exponent)
-
-
-def backoff(
-    attempt: int, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None
-) -> float:
-    """Seconds to wait before retry number `attempt`: exponential backoff with full jitter.
-
-    Uniform in [0, min(cap, base * 2**(attempt-1))], so many workers retrying the same
-    server spread out instead of arriving together.
-    """
-    ceiling = backoff_ceiling(attempt, base=base, cap=cap)
-    if rng is None:
-        return random.uniform(0.0, ceiling)
-    return rng.uniform(0.0, ceiling)
 
 
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)", re.IGNORECASE)
@@ -327,13 +287,13 @@ def redirect_target(
 
 
 class _Part:
-    """The upload being filled, our own hash of what went in, what the server told us so far."""
+    """The upload being filled, what went into it, what the server told us so far."""
 
     def __init__(self, upload: Upload) -> None:
         self.upload = upload
         if upload.offset:
             upload.rewind()
-        self.hasher = hashlib.sha256()
+        self.kept = 0  # bytes written since the upload's last rewind: what it must hold
         self.written = 0  # bytes written over all attempts, to tell progress from a stall
         self.total: int | None = None
         self.ranges = False
@@ -346,11 +306,11 @@ class _Part:
 
     def restart(self) -> None:
         self.upload.rewind()
-        self.hasher = hashlib.sha256()
+        self.kept = 0
 
     def write(self, chunk: bytes) -> None:
         self.upload.write(chunk)
-        self.hasher.update(chunk)
+        self.kept += len(chunk)
         self.written += len(chunk)
 
 
@@ -358,7 +318,7 @@ def _require_guard(http: requests.Session, url: str) -> None:
     if not is_guarded(http, url):
         raise ValueError(
             "downloads need a session from worker.outbound.netguard.guarded_session() "
-            f"(or none), not one that reaches {display_url(url)} unchecked"
+            f"(or none), not one that reaches {display(url)} unchecked"
         )
 
 
@@ -378,13 +338,13 @@ def _open(
                 current, headers=headers, stream=True, timeout=timeout, allow_redirects=False
             )
         except DestinationRefused as exc:
-            via = f" (redirected to {display_url(current)})" if hops else ""
-            raise DownloadPermanent(f"{display_url(url)}{via}: {exc}") from None
+            via = f" (redirected to {display(current)})" if hops else ""
+            raise DownloadPermanent(f"{display(url)}{via}: {exc}") from None
         try:
             target = redirect_target(current, reply.status_code, reply.headers, hops=hops)
         except DownloadPermanent as exc:
             reply.close()
-            raise DownloadPermanent(f"{display_url(url)}: {exc}") from None
+            raise DownloadPermanent(f"{display(url)}: {exc}") from None
         if target is None:
             return reply
         reply.close()
@@ -423,7 +383,7 @@ def _attempt(
             reply.status_code, reply.headers, offset=offset, total=part.total, max_bytes=max_bytes
         )
         if plan.action is Action.FAIL:
-            raise DownloadPermanent(f"{display_url(url)}: {plan.reason}")
+            raise DownloadPermanent(f"{display(url)}: {plan.reason}")
         if plan.action is Action.RETRY:
             if plan.restart:
                 part.ranges = False
@@ -432,7 +392,7 @@ def _attempt(
             if part.received:
                 log.info(
                     "download %s: starting over, dropping %d bytes (%s)",
-                    display_url(url),
+                    display(url),
                     part.received,
                     plan.reason,
                 )
@@ -444,7 +404,7 @@ def _attempt(
             part.write(chunk)
             if part.received > max_bytes:
                 raise DownloadPermanent(
-                    f"{display_url(url)}: body exceeds the cap of {max_bytes} bytes"
+                    f"{display(url)}: body exceeds the cap of {max_bytes} bytes"
                 )
             slow = meter.add(len(chunk)) if part.received != part.total else None
             if slow is not None:
@@ -480,7 +440,7 @@ def _preflight(
         _require_guard(session, url)
     now = clock()
     if now >= deadline:
-        raise DownloadPermanent(f"{display_url(url)}: deadline passed {now - deadline:.0f}s ago")
+        raise DownloadPermanent(f"{display(url)}: deadline passed {now - deadline:.0f}s ago")
 
 
 def download_into(
@@ -503,7 +463,8 @@ def download_into(
 
     The upload is ours from here on: it starts at byte 0, a resume continues from
     `upload.offset`, a server that cannot resume makes it `rewind`, success `commit`s it
-    with the size and sha256 of the body, and any failure `abort`s it (nothing remains).
+    with the size of the body (the upload checks it holds exactly that) and reports the
+    upload's sha256, and any failure `abort`s it (nothing remains).
 
     Connections go through `worker.outbound.netguard`: without a `session`, one is made that refuses
     internal addresses except those `allow` names (by default: none); a `session` given must
@@ -547,59 +508,11 @@ def download_into(
         finally:
             if session is None:
                 http.close()
-        size, sha256 = part.received, part.hasher.hexdigest()
-        location = upload.commit(size=size, sha256=sha256)
+        location = upload.commit(size=part.kept)
     except BaseException:
         upload.abort()
         raise
-    return Downloaded(location, size, sha256)
-
-
-def download_file(
-    url: str,
-    dest: Path,
-    *,
-    deadline: float,
-    max_bytes: int = 4 * 1024**3,
-    session: requests.Session | None = None,
-    allow: AllowList | None = None,
-    limits: AttemptLimits = DEFAULT_LIMITS,
-    timeout: tuple[float, float] = (5.0, 30.0),
-    chunk_size: int = 1024 * 1024,
-    max_attempts: int | None = None,
-    clock: Callable[[], float] = time.time,
-    monotonic: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
-) -> Downloaded:
-    """Download `url` to the local file `dest` atomically: `download_into` a `LocalStorage`.
-
-    On failure `dest` is untouched and no temp file remains. Errors of the local disk
-    (OSError) propagate unchanged; `dest.name` must be a plain file name (ValueError).
-    """
-    _preflight(
-        url,
-        deadline=deadline,
-        max_attempts=max_attempts,
-        clock=clock,
-        session=session,
-        allow=allow,
-    )
-    upload = LocalStorage(dest.parent).open(dest.name)
-    return download_into(
-        url,
-        upload,
-        deadline=deadline,
-        max_bytes=max_bytes,
-        session=session,
-        allow=allow,
-        limits=limits,
-        timeout=timeout,
-        chunk_size=chunk_size,
-        max_attempts=max_attempts,
-        clock=clock,
-        monotonic=monotonic,
-        sleep=sleep,
-    )
+    return Downloaded(location, part.kept, upload.sha256)
 
 
 def _fetch(
@@ -636,24 +549,22 @@ def _fetch(
         except _PERMANENT_REQUEST_ERRORS as exc:
             # `from None`: the library's own message, URL and query included, stays out
             # of every traceback too.
-            raise DownloadPermanent(f"{display_url(url)}: {describe_error(exc)}") from None
+            raise DownloadPermanent(f"{display(url)}: {describe_error(exc)}") from None
         except _RETRYABLE_REQUEST_ERRORS as exc:
             reason = describe_error(exc)
         if reason is None:
             return
         if max_attempts is not None and attempt >= max_attempts:
-            raise DownloadRetryable(
-                f"{display_url(url)}: gave up after {attempt} attempts: {reason}"
-            )
+            raise DownloadRetryable(f"{display(url)}: gave up after {attempt} attempts: {reason}")
         streak = 1 if part.written > written else streak + 1
-        delay = backoff(streak)
+        delay = retry.delay(retry.Kind.DOWNLOAD, streak)
         if clock() + delay >= deadline:
             raise DownloadRetryable(
-                f"{display_url(url)}: deadline reached after {attempt} attempts: {reason}"
+                f"{display(url)}: deadline reached after {attempt} attempts: {reason}"
             )
         log.warning(
             "download %s: attempt %d failed (%s); retrying in %.1fs from byte %d",
-            display_url(url),
+            display(url),
             attempt,
             reason,
             delay,

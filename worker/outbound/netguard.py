@@ -43,7 +43,6 @@ __all__ = [
     "GuardedAdapter",
     "address_kind",
     "guarded_session",
-    "is_allowed",
     "is_guarded",
     "refusal",
 ]
@@ -244,11 +243,6 @@ def refusal(host: str, address: IPAddress, allow: AllowList) -> str | None:
     name = _normal_host(host)
     shown = str(address) if name == str(address) else f"{name} ({address})"
     return f"refusing to connect to {shown}, a {kind}; list it in {ENV_NAME} to allow it"
-
-
-def is_allowed(address: IPAddress, allow: AllowList, *, host: str = "") -> bool:
-    """Whether a connection to `address` (for `host`, when it is a name) may be made."""
-    return refusal(host or str(address), address, allow) is None
 
 
 # -- the shell: connections that apply the policy ----------------------------------------------

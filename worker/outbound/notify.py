@@ -14,10 +14,10 @@ of the Standard Webhooks specification (https://www.standardwebhooks.com):
 
 Any receiver verifies a delivery with its own Standard Webhooks library, or with `verify`.
 
-The decisions (payload bytes, headers, what a reply means, how long to wait) are pure
-functions; `deliver` does one POST and raises `DeliveryFailed` (try again later) or
-`DeliveryRejected` (give up). The Celery task retries `DeliveryFailed` after `retry_delay`,
-up to `MAX_ATTEMPTS` attempts.
+The decisions (payload bytes, headers, what a reply means) are pure functions; `deliver`
+does one POST and raises `DeliveryFailed` (try again later, after the receiver's
+``Retry-After`` if it sent one) or `DeliveryRejected` (give up). How long the Celery task
+waits, and how often it tries, is ``worker.core.retry``'s ``Kind.NOTIFY``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import binascii
 import email.utils
 import hashlib
 import json
-import random
 import re
 import secrets
 from collections.abc import Mapping
@@ -44,7 +43,6 @@ from worker.outbound.netguard import AllowList, DestinationRefused, guarded_sess
 from worker.outbound.urls import display, http_problem
 
 __all__ = [
-    "MAX_ATTEMPTS",
     "DeliveryError",
     "DeliveryFailed",
     "DeliveryRejected",
@@ -52,27 +50,15 @@ __all__ = [
     "EventType",
     "WebhookVerificationError",
     "check_url",
-    "delay_ceiling",
     "deliver",
-    "error_for",
+    "delivery_error",
     "event_id",
     "new_event",
-    "next_delay",
     "parse_retry_after",
     "parse_secret",
-    "retry_delay",
     "sign_headers",
     "verify",
 ]
-
-MAX_ATTEMPTS = 12
-"""Attempts per event, the first one included.
-
-With the defaults of `next_delay` (base 5 s, cap 1 h) the 11 waits between 12 attempts add
-up to at most 8715 s (2 h 25 min), about half that on average: a receiver that is down for
-longer misses the event. About a day of retries takes about 58 attempts (10 waits of at most
-85 min in all, then 47 waits of 30 min on average).
-"""
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the format's marker, not a secret
 MIN_SECRET_BYTES = 24
@@ -273,7 +259,7 @@ def check_url(url: str) -> str:
     return url
 
 
-def error_for(status: int, retry_after: str | None = None) -> DeliveryError | None:
+def delivery_error(status: int, retry_after: str | None = None) -> DeliveryError | None:
     """What a reply's status means: None for success (2xx), else the error to raise.
 
     2xx is delivered. 408 and 429 are "not now", as is any 5xx. Other 4xx are a refusal that
@@ -349,7 +335,7 @@ def deliver(
             allow_redirects=False,
             stream=True,
         ) as reply:
-            error = error_for(reply.status_code, reply.headers.get("retry-after"))
+            error = delivery_error(reply.status_code, reply.headers.get("retry-after"))
             if error is not None:
                 raise error
             return reply.status_code
@@ -364,44 +350,6 @@ def deliver(
     finally:
         if session is None:
             http.close()
-
-
-def delay_ceiling(attempt: int, *, base: float = 5.0, cap: float = 3600.0) -> float:
-    """The longest wait after attempt number `attempt` (from 1): base * 2**(attempt-1), capped."""
-    if attempt < 1:
-        raise ValueError(f"attempt counts from 1, got {attempt}")
-    exponent = min(attempt - 1, 64)  # 2.0**64 is far past any cap; avoids float overflow
-    return min(cap, base * 2.0**exponent)
-
-
-def next_delay(
-    attempt: int, *, base: float = 5.0, cap: float = 3600.0, rng: random.Random | None = None
-) -> float:
-    """Seconds to wait after failed attempt number `attempt`: exponential, full jitter.
-
-    Uniform in [0, `delay_ceiling`], so retries from many workers spread out.
-    """
-    ceiling = delay_ceiling(attempt, base=base, cap=cap)
-    return (rng or random).uniform(0.0, ceiling)
-
-
-def retry_delay(
-    attempt: int,
-    error: DeliveryFailed,
-    *,
-    base: float = 5.0,
-    cap: float = 3600.0,
-    rng: random.Random | None = None,
-) -> float:
-    """`next_delay`, but no sooner than the receiver's Retry-After, and never past `cap`.
-
-    Keep `cap` below the broker's visibility timeout: a Celery task held back longer than
-    that is delivered twice by the Redis transport.
-    """
-    delay = next_delay(attempt, base=base, cap=cap, rng=rng)
-    if error.retry_after is not None:
-        delay = max(delay, error.retry_after)
-    return min(cap, delay)
 
 
 def _utc(moment: datetime) -> datetime:

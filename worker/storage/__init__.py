@@ -7,7 +7,8 @@
 A ``Storage`` opens an ``Upload`` per object. The caller writes the bytes in order, may
 ``rewind`` to byte 0 (a server that cannot resume), and ends with ``commit`` (verified, then
 visible under the final name in one step) or ``abort`` (nothing remains). A reader never sees
-a partial object under its final name. ``open_storage`` picks the backend from the settings.
+a partial object under its final name. The upload hashes what it holds (``sha256``), so the
+caller hashes nothing itself. ``open_storage`` picks the backend from the settings.
 """
 
 from __future__ import annotations
@@ -41,18 +42,24 @@ class Upload(Protocol):
         """Bytes accepted so far: where a resumed download must continue."""
         ...
 
+    @property
+    def sha256(self) -> str:
+        """SHA-256 (hex) of the bytes accepted so far; after ``commit``, of the object."""
+        ...
+
     def write(self, chunk: bytes) -> None:
         """Append ``chunk``."""
         ...
 
     def rewind(self) -> None:
-        """Discard everything written; the next ``write`` is byte 0."""
+        """Discard everything written, and its hash; the next ``write`` is byte 0."""
         ...
 
-    def commit(self, *, size: int, sha256: str) -> str:
-        """Check that what was written is ``size`` bytes with this sha256 (hex), then make the
-        object visible under its final name in one step; return its location ("/abs/path" or
-        "s3://bucket/key"). On any failure nothing remains and the error propagates."""
+    def commit(self, *, size: int) -> str:
+        """Check that exactly ``size`` bytes were accepted (the caller's count of what it
+        wrote), then make the object visible under its final name in one step; return its
+        location ("/abs/path" or "s3://bucket/key"). On any failure nothing remains and the
+        error propagates (``ChecksumMismatch`` for a size that does not match)."""
         ...
 
     def abort(self) -> None:
@@ -68,16 +75,8 @@ class Storage(Protocol):
         """Start writing the object ``name``; what is there now stays until the commit."""
         ...
 
-    def location(self, name: str) -> str:
-        """Where ``name`` is (or would be): "/abs/path" or "s3://bucket/key"."""
-        ...
-
     def write_json(self, name: str, data: Mapping[str, Any]) -> str:
         """Write ``data`` as a JSON object ``name`` atomically; return its location."""
-        ...
-
-    def exists(self, name: str) -> bool:
-        """Is there a complete object ``name``?"""
         ...
 
 

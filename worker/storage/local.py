@@ -1,9 +1,9 @@
 """Archive storage in a local directory: temp file beside the target, fsync, rename.
 
 An upload streams into a hidden ``.{name}.{random}.part`` in the target's directory while it
-is hashed. ``commit`` checks size and sha256, makes the bytes durable (fsync), moves the file
-over the target in one step (``os.replace``) and syncs the directory so the rename survives a
-crash. The target therefore holds the old file or the complete new one, never half.
+is hashed (``sha256``). ``commit`` checks the size, makes the bytes durable (fsync), moves the
+file over the target in one step (``os.replace``) and syncs the directory so the rename
+survives a crash. The target therefore holds the old file or the complete new one, never half.
 Errors of the disk (``OSError``) propagate unchanged.
 """
 
@@ -83,9 +83,8 @@ class LocalUpload:
         return self._size
 
     @property
-    def temp(self) -> Path:
-        """The temp file being filled (gone after commit or abort)."""
-        return self._temp
+    def sha256(self) -> str:
+        return self._hasher.hexdigest()
 
     def _check_open(self) -> None:
         if self._state != "open":
@@ -104,14 +103,13 @@ class LocalUpload:
         self._hasher = hashlib.sha256()
         self._size = 0
 
-    def commit(self, *, size: int, sha256: str) -> str:
+    def commit(self, *, size: int) -> str:
         self._check_open()
         try:
-            written = self._hasher.hexdigest()
-            if (size, sha256.lower()) != (self._size, written):
+            if size != self._size:
                 raise ChecksumMismatch(
-                    f"{self._dest.name}: asked to commit {size} bytes with sha256 {sha256}, "
-                    f"but {self._size} bytes with sha256 {written} were written"
+                    f"{self._dest.name}: asked to commit {size} bytes, "
+                    f"but {self._size} bytes were written"
                 )
             _commit(self._handle, self._temp, self._dest)
         except BaseException:
@@ -147,13 +145,7 @@ class LocalStorage:
         self.directory.mkdir(parents=True, exist_ok=True)
         return LocalUpload(dest)
 
-    def location(self, name: str) -> str:
-        return str(self.directory / check_name(name))
-
     def write_json(self, name: str, data: Mapping[str, Any]) -> str:
         path = self.directory / check_name(name)
         write_json_atomic(path, data)
         return str(path)
-
-    def exists(self, name: str) -> bool:
-        return (self.directory / check_name(name)).is_file()

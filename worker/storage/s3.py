@@ -13,11 +13,11 @@ bytes do not match. The completed object then carries S3's checksum of the part 
 ``put_object`` carries the whole file's SHA-256 (verified by S3) and ``Metadata={"sha256":
 ...}``. A multipart object cannot carry the whole file's sha256 in its metadata: metadata is
 fixed when the upload starts, before the last byte is known, and rewriting it afterwards
-means copying the whole object. The whole file's sha256 is checked by ``commit`` against the
-bytes that were sent, and belongs in the sidecar JSON the caller writes (``write_json``).
+means copying the whole object. The whole file's sha256 is the upload's ``sha256`` (of the
+bytes that were sent), and belongs in the sidecar JSON the caller writes (``write_json``).
 A server that stores no checksums (some S3-compatible ones) is checked on size alone.
 
-Errors of the service become ``StorageRetryable`` or ``StoragePermanent`` (``error_for``).
+Errors of the service become ``StorageRetryable`` or ``StoragePermanent`` (``storage_error``).
 ``abort`` never raises: if S3 cannot be reached to abort, the parts stay until a bucket
 lifecycle rule (``AbortIncompleteMultipartUpload``) removes them; keep one on the bucket.
 """
@@ -63,8 +63,8 @@ __all__ = [
     "S3Storage",
     "S3Upload",
     "composite_sha256",
-    "error_for",
     "s3_client",
+    "storage_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def composite_sha256(part_digests: list[bytes]) -> str:
     return _b64(hashlib.sha256(b"".join(part_digests)).digest())
 
 
-def error_for(exc: Exception, doing: str) -> StorageError:
+def storage_error(exc: Exception, doing: str) -> StorageError:
     """The storage error for a boto3 failure while ``doing`` something (message: what and why).
 
     Permanent: credentials missing or refused, no such bucket, access denied, a request S3
@@ -128,7 +128,7 @@ def _s3_errors(doing: str) -> Iterator[None]:
     try:
         yield
     except (BotoCoreError, ClientError) as exc:
-        raise error_for(exc, doing) from exc
+        raise storage_error(exc, doing) from exc
 
 
 def _is_not_found(exc: ClientError) -> bool:
@@ -212,6 +212,10 @@ class S3Upload:
     def offset(self) -> int:
         return self._sent + len(self._buffer)
 
+    @property
+    def sha256(self) -> str:
+        return self._hasher.hexdigest()
+
     def _check_open(self) -> None:
         if self._state != "open":
             raise RuntimeError(f"upload of {self.location} is {self._state}")
@@ -271,16 +275,15 @@ class S3Upload:
         self._abort_multipart()
         self._reset()
 
-    def commit(self, *, size: int, sha256: str) -> str:
+    def commit(self, *, size: int) -> str:
         self._check_open()
         try:
-            written = self._hasher.hexdigest()
-            if (size, sha256.lower()) != (self.offset, written):
+            if size != self.offset:
                 raise ChecksumMismatch(
-                    f"{self.location}: asked to commit {size} bytes with sha256 {sha256}, "
-                    f"but {self.offset} bytes with sha256 {written} were written"
+                    f"{self.location}: asked to commit {size} bytes, "
+                    f"but {self.offset} bytes were written"
                 )
-            expected = self._complete(written)
+            expected = self._complete()
             self._verify(size, expected)
         except BaseException:
             self.abort()
@@ -289,19 +292,19 @@ class S3Upload:
         self._buffer = bytearray()
         return self.location
 
-    def _complete(self, sha256: str) -> str:
+    def _complete(self) -> str:
         """Make the object visible; return the checksum S3 should report for it."""
         if self._upload_id is None:
-            body = bytes(self._buffer)
-            digest = hashlib.sha256(body).digest()
+            # No part went out: the buffer is the whole object, and its hash is the upload's.
+            digest = self._hasher.digest()
             with _s3_errors(f"writing {self.location}"):
                 self._client.put_object(
                     Bucket=self._bucket,
                     Key=self._key,
-                    Body=body,
+                    Body=bytes(self._buffer),
                     ChecksumSHA256=_b64(digest),
                     ContentType=self._content_type,
-                    Metadata={"sha256": sha256},
+                    Metadata={"sha256": digest.hex()},
                 )
             return _b64(digest)
         if self._buffer:
@@ -386,13 +389,11 @@ class S3Storage:
     def open(self, name: str) -> S3Upload:
         return S3Upload(self.client, self.bucket, self.key(name), part_size=self.part_size)
 
-    def location(self, name: str) -> str:
-        return f"s3://{self.bucket}/{self.key(name)}"
-
     def write_json(self, name: str, data: Mapping[str, Any]) -> str:
         body = (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
         key = self.key(name)
-        with _s3_errors(f"writing {self.location(name)}"):
+        location = f"s3://{self.bucket}/{key}"
+        with _s3_errors(f"writing {location}"):
             self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
@@ -400,16 +401,4 @@ class S3Storage:
                 ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
                 ContentType="application/json",
             )
-        return self.location(name)
-
-    def exists(self, name: str) -> bool:
-        key = self.key(name)
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as exc:
-            if _is_not_found(exc):
-                return False
-            raise error_for(exc, f"looking up {self.location(name)}") from exc
-        except BotoCoreError as exc:
-            raise error_for(exc, f"looking up {self.location(name)}") from exc
-        return True
+        return location
