@@ -97,9 +97,11 @@ def stop_stack(stack: Stack, timeout: float = 15.0) -> None:
 
 
 def cleanup_keys(client: redis.Redis, prefix: str, queue: str) -> int:
-    """Delete this run's keys: everything under ``prefix`` and the queue's kombu bindings."""
+    """Delete this run's keys: everything under ``prefix`` and the kombu bindings of its
+    queues (``queue`` and the ones named after it, worker.queues)."""
     keys = list(client.scan_iter(f"{prefix}*", count=1000))
     keys += list(client.scan_iter(f"_kombu.binding*{queue}", count=1000))
+    keys += list(client.scan_iter(f"_kombu.binding*{queue}.*", count=1000))
     removed = 0
     for start in range(0, len(keys), 1000):
         removed += int(client.delete(*keys[start : start + 1000]))

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.entity import Exchange, Queue
 
+from worker.queues import Queues
 from worker.settings import get_settings
 from worker.tasknames import SWEEP
 
 settings = get_settings()
+queues = Queues.named(settings.celery_queue)
+
+
+def declared(name: str) -> Queue:
+    """A queue bound under its own name, as Celery declares a queue it was not told of."""
+    return Queue(name, Exchange(name), routing_key=name)  # type: ignore[no-untyped-call]
+
 
 app = Celery("kling_chain", broker=settings.redis_url, include=["worker.tasks"])
 app.conf.update(
@@ -30,7 +39,11 @@ app.conf.update(
     task_ignore_result=True,
     task_serializer="json",
     accept_content=["json"],
-    task_default_queue=settings.celery_queue,
+    # One queue per kind of work (worker.queues). A worker started without --queues
+    # consumes all of them, in turn; dedicated workers take some each (README, "Processes").
+    task_queues=[declared(name) for name in queues.all()],
+    task_routes=queues.routes(),
+    task_default_queue=queues.steps,
     worker_hijack_root_logger=False,
     # No fanout (pub/sub) channels: remote control, gossip and mingle are unused here, and
     # their channels are where kombu's Redis transport fails to recover from a broker restart.
