@@ -2,8 +2,9 @@
 
 Chains are created through the HTTP API (``POST /chains``) from several threads. The end is
 detected from Redis: the store's ``due`` sorted set (the work chains are owed) is empty once
-every chain has ended and archived its videos; the chain documents are then read back and
-their status taken from the product's own ``Chain.status``, which is the final word.
+every chain has ended, and the archive's deadline set (its pending videos) once their videos
+are archived; the chain documents are then read back and their status taken from the
+product's own ``Chain.status``, which is the final word.
 """
 
 from __future__ import annotations
@@ -82,12 +83,12 @@ def wait_finished(
     service: BenchService, chain_ids: list[str], *, started: float, timeout: float
 ) -> tuple[float, Counter[str]]:
     """Seconds from ``started`` (monotonic) until every chain ended, and their statuses."""
-    due = f"{service.prefix}due"
+    due, pending = f"{service.prefix}due", f"{service.prefix}videos:deadline"
     deadline = started + timeout
     last_full = -1.0
     while True:
         now = time.monotonic()
-        idle = service.redis.zcard(due) == 0
+        idle = service.redis.zcard(due) == 0 and service.redis.zcard(pending) == 0
         # Read every chain back when the owed work looks done (at most twice a second) and,
         # in case the schedule's key ever changes, every 5 s regardless.
         if (idle and now - last_full >= 0.5) or now - max(last_full, started) >= 5.0:

@@ -14,6 +14,14 @@ import requests
 
 from chainctl.devstack import Stack, start_local
 
+FAST = {
+    "poll_after_seconds": "2",
+    "submit_lease_seconds": "3",
+    "kling_timeout_seconds": "2",
+    "recheck_after_seconds": "1",
+}
+"""Short intervals for fault tests: leases, polls and rechecks come round in seconds."""
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -143,6 +151,8 @@ def start_service(
 def stop_service(service: Service) -> None:
     service.stack.stop()
     keys = list(service.redis.scan_iter(f"{service.prefix}*", count=1000))
+    for kind in ("binding", "binding_permanent"):  # kombu's records of the service's queues
+        keys += service.redis.scan_iter(f"_kombu.{kind}.{service.prefix}*", count=1000)
     if keys:
         service.redis.delete(*keys)
     service.redis.close()

@@ -33,12 +33,12 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kling.errors import KlingError
-from kling.models import TaskKind, parse_task
+from kling.models import Task, TaskKind, parse_task
 from webhook.api import ArchiveRequest, ChainRequest, problems
 from worker import wiring
 from worker.core import tokens
-from worker.core.chain import new_chain
-from worker.core.videos import SAFE_ID, VideoState, at_risk
+from worker.core.chain import Chain, new_chain
+from worker.core.videos import SAFE_ID, VideoRecord, VideoState, at_risk
 from worker.settings import ConfigError, Settings, get_settings
 from worker.state.chains import Store, UnknownChain
 from worker.state.videos import Videos
@@ -56,6 +56,15 @@ ARCHIVE_DEDUPE_SECONDS = 24 * 3600
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def read_task(request: Request) -> Task:
+    """A provider callback's task object (enveloped or bare); 400 or 413 when it is not one."""
+    body = await read_capped(request, MAX_CALLBACK_BYTES)
+    try:
+        return parse_task(parse_json(body))
+    except (ValueError, KlingError) as exc:
+        raise HTTPException(400, f"not a Kling task object: {exc}") from None
 
 
 def parse_json(body: bytes) -> Any:
@@ -152,25 +161,30 @@ class Web:
                 "chain %s stored; enqueue failed (%s); the sweep will submit it", chain.id, exc
             )
         log.info("chain %s created: %s", chain.id, req.model_dump(exclude_none=True))
-        return JSONResponse(chain.view(), status_code=202)
+        return JSONResponse(chain.view({}), status_code=202)  # no videos yet
 
     async def _existing(self, chain_id: str) -> Response:
         """The chain an earlier request with the same Idempotency-Key created."""
         for _ in range(50):  # that request may still be storing it
             try:
-                chain = await run_in_threadpool(self.store.get, chain_id)
+                view = await run_in_threadpool(self._view, chain_id)
             except UnknownChain:
                 await asyncio.sleep(0.02)
                 continue
-            return JSONResponse(chain.view(), status_code=200)
+            return JSONResponse(view, status_code=200)
         return error(409, "a request with this Idempotency-Key is still being processed")
+
+    def _view(self, chain_id: str) -> dict[str, Any]:
+        """The chain with its archive entries, read from its videos' records."""
+        chain = self.store.get(chain_id)
+        return chain.view(self.videos.of([chain]))
 
     async def get_chain(self, request: Request) -> Response:
         try:
-            chain = await run_in_threadpool(self.store.get, request.path_params["chain_id"])
+            view = await run_in_threadpool(self._view, request.path_params["chain_id"])
         except UnknownChain:
             return error(404, "no chain with this id")
-        return JSONResponse(chain.view())
+        return JSONResponse(view)
 
     async def list_chains(self, request: Request) -> Response:
         try:
@@ -180,11 +194,16 @@ class Web:
             return error(422, "limit must be an integer and before a number (a created_at)")
         if not 1 <= limit <= 100:
             return error(422, "limit must be between 1 and 100")
-        chains = await run_in_threadpool(lambda: self.store.recent(limit=limit, before=before))
+
+        def page() -> tuple[list[Chain], dict[str, VideoRecord]]:
+            chains = self.store.recent(limit=limit, before=before)
+            return chains, self.videos.of(chains)  # one MGET for the page's videos
+
+        chains, records = await run_in_threadpool(page)
         more = len(chains) == limit
         return JSONResponse(
             {
-                "chains": [c.view() for c in chains],
+                "chains": [c.view(records) for c in chains],
                 "next_before": chains[-1].created_at if chains and more else None,
             }
         )
@@ -198,11 +217,7 @@ class Web:
         index = request.path_params["index"]
         if not tokens.verify(self.secret, chain_id, index, request.path_params["token"]):
             return error(403, "invalid callback token")
-        body = await read_capped(request, MAX_CALLBACK_BYTES)
-        try:
-            task = parse_task(parse_json(body))
-        except (ValueError, KlingError) as exc:
-            return error(400, f"not a Kling task object: {exc}")
+        task = await read_task(request)
         # A callback is only a hint: the worker confirms it with a query before acting. The
         # task it names is a candidate for a step whose create reply has not come home yet.
         candidate = task.task_id if SAFE_ID.match(task.task_id) else None
@@ -217,11 +232,7 @@ class Web:
             self.secret, kind, request.path_params["token"]
         ):
             return error(403, "invalid callback token")
-        body = await read_capped(request, MAX_CALLBACK_BYTES)
-        try:
-            task = parse_task(parse_json(body))
-        except (ValueError, KlingError) as exc:
-            return error(400, f"not a Kling task object: {exc}")
+        task = await read_task(request)
         if not SAFE_ID.match(task.task_id):
             return error(400, "task_id must be 1-128 characters of letters, digits, _ . -")
         queued = False

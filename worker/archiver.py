@@ -1,9 +1,12 @@
 """Archiving: provider URL -> verified object in storage, for chains and for any other task.
 
-Chains hand their videos to ``Archiver.store``. Videos of tasks this service did not submit
-(named by an archive callback or by ``POST /archive``) are confirmed by a query, recorded in
-``worker.state.videos`` and archived by ``archive_video``; the sweep takes the pending ones nearest
-their deadline first, warns inside ``ARCHIVE_WARN_SECONDS`` and marks the expired ones lost.
+Every video is archived from its record (``worker.state.videos``) by ``archive_video``, the one
+download-and-store path. A chain's videos are recorded by the transition that made them;
+videos of tasks this service did not submit (named by an archive callback or by
+``POST /archive``) are confirmed by a query and recorded by ``archive_task``. The sweep takes
+the pending ones nearest their deadline first, warns inside ``ARCHIVE_WARN_SECONDS`` and marks
+the expired ones lost. A chain's video that settles tells its chain in the same transaction
+(``Store.settle``), which may end the chain: ``notify_end`` announces that, once.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from urllib.parse import urlsplit
 
 from kling.client import KlingClient
 from kling.errors import KlingError, MalformedReply, PermanentError, RetryableError
-from kling.models import VIDEO_LIFETIME_SECONDS, TaskKind, TaskStatus
+from kling.models import TaskKind, TaskStatus
+from worker.core import retry
+from worker.core.chain import Outcome
 from worker.core.videos import (
     SAFE_ID,
     VideoRecord,
@@ -29,17 +34,18 @@ from worker.core.videos import (
     lost,
     queue,
     retry_at,
+    unsafe_id,
 )
 from worker.outbound.download import (
     Downloaded,
     DownloadPermanent,
     DownloadRetryable,
-    backoff,
     download_into,
 )
 from worker.outbound.netguard import guarded_session
 from worker.outbound.notify import EventType, event_id, new_event
 from worker.settings import DOWNLOAD_ATTEMPTS, Settings
+from worker.state.chains import Store
 from worker.state.videos import Videos
 from worker.storage import Storage
 from worker.storage.errors import StorageError
@@ -47,8 +53,6 @@ from worker.tasknames import ARCHIVE_VIDEO, NOTIFY
 
 log = logging.getLogger(__name__)
 
-MAX_TASK_QUERIES = 60
-"""How often the archive path asks about one task (unfinished, or the query failing)."""
 GONE = "the provider deleted the video (30 days after it was made) before it was archived"
 
 Enqueue = Callable[[str, tuple[Any, ...]], None]
@@ -75,6 +79,7 @@ class Archiver:
         self,
         settings: Settings,
         storage: Storage,
+        chains: Store,
         videos: Videos,
         provider: KlingClient,
         enqueue: Enqueue,
@@ -83,6 +88,7 @@ class Archiver:
     ) -> None:
         self.settings = settings
         self.storage = storage
+        self.chains = chains
         self.videos = videos
         self.provider = provider
         self.enqueue = enqueue
@@ -92,15 +98,16 @@ class Archiver:
         self.http = guarded_session(settings.allow_private_hosts)
 
     # -- the one way a video reaches storage ---------------------------------------------------
-    def store(self, video_id: str, url: str, created_at: float, sidecar: dict[str, Any]) -> Stored:
-        """Stream ``url`` into storage as ``{video_id}.mp4`` with a ``.json`` sidecar.
+    def store(self, record: VideoRecord) -> Stored:
+        """Stream the record's URL into storage as ``{video_id}.mp4`` with a ``.json`` sidecar.
 
         Raises VideoGone past the deadline, DownloadPermanent or DownloadRetryable.
         """
-        if not SAFE_ID.match(video_id):
-            raise DownloadPermanent(f"video id {video_id!r} is not a safe file name")
+        video_id, url, expires = record.video_id, record.url, record.expires_at
+        unsafe = unsafe_id(video_id)
+        if unsafe is not None:
+            raise DownloadPermanent(unsafe)
         now = self.clock()
-        expires = created_at + VIDEO_LIFETIME_SECONDS
         if now >= expires:
             raise VideoGone(GONE)
         # Aim to finish well before the deletion, but never give up sooner than a minute.
@@ -116,57 +123,28 @@ class Archiver:
                 limits=self.settings.download_limits(),
             )
             host = urlsplit(url).hostname
-            self._sidecar(video_id, got, host, created_at, expires, sidecar)
+            self._sidecar(record, got, host)
         except (StorageError, OSError) as exc:
             # Never the video's fault: keep it pending; the warning window reports it in time.
             raise DownloadRetryable(f"archive storage failed: {exc}") from exc
         return Stored(got.location, got.bytes, got.sha256, host)
 
-    def _sidecar(
-        self,
-        video_id: str,
-        got: Downloaded,
-        host: str | None,
-        created_at: float,
-        expires: float,
-        sidecar: dict[str, Any],
-    ) -> None:
+    def _sidecar(self, record: VideoRecord, got: Downloaded, host: str | None) -> None:
+        """The one sidecar writer: where the video came from, and what was stored."""
         self.storage.write_json(
-            f"{video_id}.json",
+            f"{record.video_id}.json",
             {
-                **sidecar,
-                "video_id": video_id,
+                **record.sidecar(),
+                "video_id": record.video_id,
                 "bytes": got.bytes,
                 "sha256": got.sha256,
                 "location": got.location,
                 "source_host": host,
-                "created_at": iso(created_at),
-                "expires_at": iso(expires),
+                "created_at": iso(record.created_at),
+                "expires_at": iso(record.expires_at),
                 "archived_at": iso(self.clock()),
             },
         )
-
-    def remember_chain_video(
-        self, record: VideoRecord, stored: Stored | None, error: str | None
-    ) -> None:
-        """Put a chain's settled video in the manifest too."""
-        self.videos.register(record)
-        if stored is not None:
-            after, _ = self.videos.update(
-                record.video_id,
-                lambda r: archived(
-                    r,
-                    location=stored.location,
-                    size=stored.bytes,
-                    sha256=stored.sha256,
-                    host=stored.host,
-                    now=self.clock(),
-                ),
-            )
-            self.notify(EventType.VIDEO_ARCHIVED, after)
-        elif error is not None:
-            after, _ = self.videos.update(record.video_id, lambda r: lost(r, error))
-            self.notify(EventType.VIDEO_LOST, after)
 
     # -- any task of the account ----------------------------------------------------------------
     def archive_task(
@@ -174,14 +152,16 @@ class Archiver:
     ) -> float | None:
         """Confirm a task by query and queue its videos; a delay when it is not finished yet.
 
-        At most MAX_TASK_QUERIES queries: then it is dropped, and may be asked for again.
+        At most ``retry.Kind.TASK_QUERY``'s attempts: then it is dropped, and may be asked for
+        again.
         """
-        last = attempt + 1 >= MAX_TASK_QUERIES
+        queries = attempt + 1
         try:
             task = self.provider.get(TaskKind(kind), task_id)
         except (RetryableError, MalformedReply) as exc:
             log.warning("archive %s %s: query failed: %s", kind, task_id, exc)
-            return self._again(kind, task_id, backoff(attempt + 1, cap=600.0), last, str(exc))
+            delay = retry.delay(retry.Kind.TASK_QUERY, queries)
+            return self._again(kind, task_id, delay, queries, str(exc))
         except PermanentError as exc:
             log.error("archive %s %s: the provider refused the query: %s", kind, task_id, exc)
             self.videos.forget_ask(kind, task_id)
@@ -190,7 +170,8 @@ class Archiver:
             log.info("archive %s %s: failed (%s); nothing to keep", kind, task_id, task.status_msg)
             return None
         if not task.status.terminal:  # not done yet: ask again later
-            return self._again(kind, task_id, self.settings.poll_after_seconds, last, "unfinished")
+            poll = self.settings.poll_after_seconds
+            return self._again(kind, task_id, poll, queries, "unfinished")
         now = self.clock()
         created = task.created_at_ms / 1000 if task.created_at_ms else now
         for video in task.videos:
@@ -219,45 +200,36 @@ class Archiver:
                 self.enqueue(ARCHIVE_VIDEO, (video.id,))
         return None
 
-    def _again(self, kind: str, task_id: str, delay: float, last: bool, why: str) -> float | None:
-        if not last:
+    def _again(self, kind: str, task_id: str, delay: float, queries: int, why: str) -> float | None:
+        if not retry.exhausted(retry.Kind.TASK_QUERY, queries):
             return delay
         log.error(
             "archive %s %s: gave up after %d queries (%s); ask again to retry",
             kind,
             task_id,
-            MAX_TASK_QUERIES,
+            queries,
             why,
         )
         self.videos.forget_ask(kind, task_id)
         return None
 
     def archive_video(self, video_id: str, *, owner: str, attempt: int = 0) -> float | None:
+        """Download a recorded video (a chain's or any other) once, under a lease; a delay
+        when it should be tried again."""
         lease = self.settings.archive_lease_seconds
         record, took = self.videos.update(video_id, lambda r: claim(r, owner, self.clock(), lease))
         if record is None or not took or record.owner != owner:
             return None
-        sidecar = {
-            "task_id": record.task_id,
-            "kind": record.kind,
-            "parent_video_id": record.parent_video_id,
-            "prompt": record.prompt,
-            "duration": record.duration,
-            "origin": record.origin,
-        }
         try:
-            stored = self.store(video_id, record.url, record.created_at, sidecar)
+            stored = self.store(record)
         except DownloadRetryable as exc:
-            reason, delay = str(exc), backoff(attempt + 1, base=2.0, cap=600.0)
+            reason, delay = str(exc), retry.delay(retry.Kind.ARCHIVE, attempt + 1)
             self.videos.update(video_id, lambda r: retry_at(r, reason, self.clock() + delay))
             return delay
         except (DownloadPermanent, KlingError) as exc:
-            reason = str(exc)
-            after, _ = self.videos.update(video_id, lambda r: lost(r, reason))
-            log.error("archive: video %s is lost: %s", video_id, reason)
-            self.notify(EventType.VIDEO_LOST, after)
+            self._lost(video_id, str(exc))
             return None
-        after, _ = self.videos.update(
+        self._settle(
             video_id,
             lambda r: archived(
                 r,
@@ -267,9 +239,25 @@ class Archiver:
                 host=stored.host,
                 now=self.clock(),
             ),
+            EventType.VIDEO_ARCHIVED,
         )
-        self.notify(EventType.VIDEO_ARCHIVED, after)
         return None
+
+    def _lost(self, video_id: str, reason: str) -> None:
+        if self._settle(video_id, lambda r: lost(r, reason), EventType.VIDEO_LOST):
+            log.error("archive: video %s is lost: %s", video_id, reason)
+
+    def _settle(
+        self, video_id: str, change: Callable[[VideoRecord], VideoRecord], kind: EventType
+    ) -> bool:
+        """Settle the record (telling its chain, if any), then announce it; False when it was
+        settled already."""
+        done = self.chains.settle(video_id, change)
+        if done.changed:
+            self.notify(kind, done.record)
+        if done.chain is not None:
+            self.notify_end(done.chain)
+        return done.changed
 
     # -- the deadline sweep ---------------------------------------------------------------------
     def sweep(self, limit: int = 500) -> int:
@@ -281,9 +269,7 @@ class Archiver:
         queued = 0
         for record in self.videos.by_deadline(limit):
             if now >= record.expires_at:
-                after, _ = self.videos.update(record.video_id, lambda r: lost(r, GONE))
-                log.error("archive: video %s is lost: %s", record.video_id, GONE)
-                self.notify(EventType.VIDEO_LOST, after)
+                self._lost(record.video_id, GONE)
                 continue
             if at_risk(record, now, warn) and not record.warned:
                 warned, first = self.videos.update(
@@ -315,6 +301,18 @@ class Archiver:
             return
         data = record.view(self.clock(), self.settings.archive_warn_seconds)
         event = new_event(kind, data, event_id=event_id(record.video_id, kind.value))
+        self.enqueue(NOTIFY, (event.to_dict(),))
+
+    def notify_end(self, out: Outcome) -> None:
+        """Announce the chain's end to NOTIFY_URL when ``out`` is the transition that ended
+        it: one transition does, so the announcement goes out once (the runner's too)."""
+        if not out.ended or self.settings.notify_url is None:
+            return
+        view = out.chain.view(self.videos.of([out.chain]))
+        kind = (
+            EventType.CHAIN_SUCCEEDED if view["status"] == "succeeded" else EventType.CHAIN_FAILED
+        )
+        event = new_event(kind, view, event_id=event_id(out.chain.id, "end"))
         self.enqueue(NOTIFY, (event.to_dict(),))
 
 

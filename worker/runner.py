@@ -1,4 +1,4 @@
-"""The I/O around a chain: talk to the provider and the archive, record what happened.
+"""The I/O around a chain: talk to the provider, record what happened, archive its videos.
 
 Each method reads input, runs the pure core through an atomic ``Store.transition`` and does
 the I/O the outcome asks for. It returns ``None`` when finished, or a delay in seconds after
@@ -24,13 +24,9 @@ from kling.errors import (
 )
 from kling.models import ExtendRequest, Task, TaskKind, Text2VideoRequest
 from worker.archiver import Archiver
-from worker.core import tokens
+from worker.core import retry, tokens
 from worker.core.chain import (
     Action,
-    ArchiveClaim,
-    Archived,
-    ArchiveFailed,
-    ArchiveRetry,
     ArchiveVideo,
     Chain,
     Claim,
@@ -61,12 +57,9 @@ from worker.core.reconcile import (
     window_for,
 )
 from worker.core.schedule import Work
-from worker.core.videos import SAFE_ID, VideoRecord
-from worker.outbound.download import DownloadPermanent, DownloadRetryable, backoff
-from worker.outbound.notify import EventType, event_id, new_event
 from worker.settings import Settings
 from worker.state.chains import Store
-from worker.tasknames import ARCHIVE_CHAIN_VIDEO, NOTIFY, REFRESH_STEP, SUBMIT_STEP
+from worker.tasknames import ARCHIVE_VIDEO, REFRESH_STEP, SUBMIT_STEP
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +116,9 @@ class Runner:
                 case SubmitStep(index):
                     self.enqueue(SUBMIT_STEP, (chain_id, index))
                 case ArchiveVideo(video_id):
-                    self.enqueue(ARCHIVE_CHAIN_VIDEO, (chain_id, video_id))
+                    # The fast path: the transition registered the record, which the
+                    # archive's sweep finds anyway if this enqueue is lost.
+                    self.enqueue(ARCHIVE_VIDEO, (video_id,))
 
     def _request(self, chain: Chain, step: Step) -> ExtendRequest | Text2VideoRequest:
         spec = chain.spec
@@ -197,7 +192,7 @@ class Runner:
             log.warning("step %s/%s: create reply lost (%s); will look it up", chain_id, index, exc)
             return self.settings.recheck_after_seconds
         except RetryableError as exc:
-            delay = backoff(attempt + 1)
+            delay = retry.delay(retry.Kind.CREATE, attempt + 1)
             now = self.clock()
             first = step.first_try_at or now
             after = self._apply(
@@ -283,7 +278,7 @@ class Runner:
             message = attention_message(step, f"the provider kept failing to answer ({reason})")
             self._apply(chain_id, NeedsAttention(step.index, message))
             return None
-        return backoff(attempt + 1, base=2.0, cap=120.0)
+        return retry.delay(retry.Kind.LOOKUP, attempt + 1)
 
     def _learn(self, kind: TaskKind, step: Step, task: Task) -> None:
         """Find out (once a day) whether this provider can be asked about a lost create.
@@ -361,7 +356,7 @@ class Runner:
             task = self.provider.get(TaskKind(step.kind), step.task_id)
         except (RetryableError, MalformedReply) as exc:
             log.warning("step %s/%s: query failed: %s", chain_id, index, exc)
-            return backoff(attempt + 1) if attempt < 5 else None  # the sweep polls again later
+            return retry.after(retry.Kind.QUERY, attempt + 1)  # None: the sweep polls later
         except PermanentError as exc:
             log.error("step %s/%s: query refused: %s", chain_id, index, describe(exc))
             return None
@@ -378,7 +373,7 @@ class Runner:
             task = self.provider.get(TaskKind(step.kind), candidate)
         except (RetryableError, MalformedReply) as exc:
             log.info("step %s/%s: query of candidate failed: %s", chain_id, step.index, exc)
-            return backoff(attempt + 1) if attempt < 3 else None
+            return retry.after(retry.Kind.CANDIDATE, attempt + 1)
         except NotFound:
             log.warning(
                 "step %s/%s: callback named unknown task %s", chain_id, step.index, candidate
@@ -405,82 +400,15 @@ class Runner:
         self._record(chain_id, step.index, task)
         return None
 
-    # -- archive one video -----------------------------------------------------------------------
-    def archive(
-        self, chain_id: str, video_id: str, *, owner: str, attempt: int = 0
-    ) -> float | None:
-        lease = self.settings.archive_lease_seconds
-        out = self._apply(chain_id, ArchiveClaim(video_id, owner, lease))
-        if out.verdict is not Verdict.GO:
-            return None
-        chain = out.chain
-        entry = chain.entry(video_id)
-        step = chain.step(entry.step)
-        now = self.clock()
-        created = entry.created_at or now
-        record = VideoRecord(
-            video_id=video_id,
-            task_id=step.task_id or "",
-            kind=step.kind,
-            url=entry.url,
-            created_at=created,
-            known_at=now,
-            duration=entry.duration,
-            parent_video_id=step.parent_video_id,
-            prompt=step.prompt,
-            chain_id=chain_id,
-            origin="chain",
-        )
-        if not SAFE_ID.match(video_id):
-            self._archive_failed(chain_id, record, f"video id {video_id!r} is not a safe file name")
-            return None
-        sidecar = {
-            "chain_id": chain_id,
-            "step": step.index,
-            "kind": step.kind,
-            "task_id": step.task_id,
-            "parent_video_id": step.parent_video_id,
-            "parent_task_id": step.parent_task_id,
-            "prompt": step.prompt,
-            "duration": entry.duration,
-        }
-        try:
-            stored = self.archiver.store(video_id, entry.url, created, sidecar)
-        except DownloadRetryable as exc:
-            delay = backoff(attempt + 1, base=2.0, cap=600.0)
-            self._apply(chain_id, ArchiveRetry(video_id, str(exc), now + delay))
-            return delay
-        except DownloadPermanent as exc:
-            self._archive_failed(chain_id, record, str(exc))
-            return None
-        self._apply(chain_id, Archived(video_id, stored.location, stored.bytes, stored.sha256))
-        self.archiver.remember_chain_video(record, stored, None)
-        return None
-
-    def _archive_failed(self, chain_id: str, record: VideoRecord, message: str) -> None:
-        self._apply(chain_id, ArchiveFailed(record.video_id, message))
-        if SAFE_ID.match(record.video_id):
-            self.archiver.remember_chain_video(record, None, message)
-
     def _apply(self, chain_id: str, event: Event) -> Outcome:
         out = self.store.transition(chain_id, event)
-        self._ended(out)
+        self.archiver.notify_end(out)
         return out
-
-    def _ended(self, out: Outcome) -> None:
-        """Tell NOTIFY_URL when this transition is the one that ended the chain."""
-        if not out.ended or self.settings.notify_url is None:
-            return
-        view = out.chain.view()
-        kind = (
-            EventType.CHAIN_SUCCEEDED if view["status"] == "succeeded" else EventType.CHAIN_FAILED
-        )
-        event = new_event(kind, view, event_id=event_id(out.chain.id, "end"))
-        self.enqueue(NOTIFY, (event.to_dict(),))
 
     # -- the safety net --------------------------------------------------------------------------
     def sweep(self) -> int:
-        """Enqueue owed work (quiet tasks to poll, stalled submits and downloads)."""
+        """Enqueue owed work: quiet tasks to poll, stalled submits, and the archive's pending
+        videos nearest their deadline first (``Archiver.sweep``)."""
         s = self.settings
         lock = self.store.keys.sweep_lock
         if not self.store.redis.set(lock, "1", nx=True, px=int(s.sweep_seconds * 800)):
@@ -493,8 +421,6 @@ class Runner:
                     self.enqueue(REFRESH_STEP, (due.chain_id, due.index))
                 case Work.SUBMIT:
                     self.enqueue(SUBMIT_STEP, (due.chain_id, due.index))
-                case Work.ARCHIVE:
-                    self.enqueue(ARCHIVE_CHAIN_VIDEO, (due.chain_id, due.ref))
         videos = self.archiver.sweep()
         if items or videos:
             log.info("sweep: enqueued %d owed chain item(s), %d video(s)", len(items), videos)

@@ -6,8 +6,7 @@ changing one strands the messages queued under the old one.
 
 SUBMIT_STEP = "kc.submit_step"  # (chain_id, index): send or reconcile a step's create
 REFRESH_STEP = "kc.refresh_step"  # (chain_id, index[, candidate task id]): query a step's task
-ARCHIVE_CHAIN_VIDEO = "kc.archive_video"  # (chain_id, video_id): a chain's video into storage
 IMPORT_TASK = "kc.archive_task"  # (kind, task_id, origin): confirm an outside task, record videos
-ARCHIVE_VIDEO = "kc.archive_record"  # (video_id,): a recorded video into storage
+ARCHIVE_VIDEO = "kc.archive_video"  # (video_id,): a recorded video, a chain's or not, into storage
 NOTIFY = "kc.notify"  # (event,): POST one signed event
 SWEEP = "kc.sweep"  # (): hand out owed work, nearest deadline first

@@ -13,20 +13,12 @@ from kombu.exceptions import OperationalError
 from worker import wiring
 from worker.archiver import Archiver
 from worker.celery import app
+from worker.core import retry
 from worker.outbound import notify as notifications
-from worker.outbound.download import backoff
 from worker.runner import Runner
 from worker.settings import get_settings
 from worker.state.chains import UnknownChain
-from worker.tasknames import (
-    ARCHIVE_CHAIN_VIDEO,
-    ARCHIVE_VIDEO,
-    IMPORT_TASK,
-    NOTIFY,
-    REFRESH_STEP,
-    SUBMIT_STEP,
-    SWEEP,
-)
+from worker.tasknames import ARCHIVE_VIDEO, IMPORT_TASK, NOTIFY, REFRESH_STEP, SUBMIT_STEP, SWEEP
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +35,7 @@ def state() -> wiring.State:
 @cache
 def archiver() -> Archiver:
     s = get_settings()
-    return Archiver(s, s.storage(), state().videos, s.provider(), enqueue)
+    return Archiver(s, s.storage(), state().chains, state().videos, s.provider(), enqueue)
 
 
 @cache
@@ -71,7 +63,7 @@ def _run(task: Any, work: Callable[[], float | None]) -> None:
         # may re-take its own claims at once instead of waiting for their leases to run out.
         attempt = task.request.retries + 1
         log.warning("%s: Redis unavailable (%s); again shortly", task.name, exc)
-        raise task.retry(countdown=backoff(attempt, base=1.0, cap=30.0)) from exc
+        raise task.retry(countdown=retry.delay(retry.Kind.REDIS, attempt)) from exc
     _again(task, delay)
 
 
@@ -87,27 +79,22 @@ def refresh_step(self: Any, chain_id: str, index: int, candidate: str | None = N
     _run(self, lambda: r.refresh(chain_id, index, candidate=candidate, attempt=req.retries))
 
 
-@app.task(bind=True, name=ARCHIVE_CHAIN_VIDEO, max_retries=None)
-def archive_video(self: Any, chain_id: str, video_id: str) -> None:
-    r, req = runner(), self.request
-    _run(self, lambda: r.archive(chain_id, video_id, owner=req.id, attempt=req.retries))
-
-
 @app.task(bind=True, name=IMPORT_TASK, max_retries=None)
-def archive_task(self: Any, kind: str, task_id: str, origin: str) -> None:
+def import_task(self: Any, kind: str, task_id: str, origin: str) -> None:
     a, req = archiver(), self.request
     _run(self, lambda: a.archive_task(kind, task_id, origin, attempt=req.retries))
 
 
 @app.task(bind=True, name=ARCHIVE_VIDEO, max_retries=None)
-def archive_record(self: Any, video_id: str) -> None:
+def archive_video(self: Any, video_id: str) -> None:
     a, req = archiver(), self.request
     _run(self, lambda: a.archive_video(video_id, owner=req.id, attempt=req.retries))
 
 
 @app.task(bind=True, name=NOTIFY, max_retries=None)
 def notify(self: Any, event: dict[str, Any]) -> None:
-    """POST one event to NOTIFY_URL, signed per Standard Webhooks; MAX_ATTEMPTS in all."""
+    """POST one event to NOTIFY_URL, signed per Standard Webhooks; ``retry.Kind.NOTIFY``'s
+    attempts in all."""
     s = get_settings()
     if s.notify_url is None:
         return  # notifications were switched off after the event was queued
@@ -118,13 +105,12 @@ def notify(self: Any, event: dict[str, Any]) -> None:
     except notifications.DeliveryRejected as exc:
         log.error("notification %s (%s) refused: %s; not retried", e.id, e.type, exc)
     except notifications.DeliveryFailed as exc:
-        if attempt >= notifications.MAX_ATTEMPTS:
+        delay = retry.after(retry.Kind.NOTIFY, attempt, retry_after=exc.retry_after)
+        if delay is None:
             log.error(
                 "notification %s (%s) dropped after %d attempts: %s", e.id, e.type, attempt, exc
             )
             return
-        # Below the broker's one-hour visibility timeout, or Redis could deliver it twice.
-        delay = notifications.retry_delay(attempt, exc, cap=3000.0)
         log.warning(
             "notification %s (%s) attempt %d: %s; again in %.0f s",
             e.id,

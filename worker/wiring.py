@@ -34,7 +34,6 @@ def timing(settings: Settings) -> Timing:
     return Timing(
         poll_after=settings.poll_after_seconds,
         submit_lease=settings.submit_lease_seconds,
-        archive_lease=settings.archive_lease_seconds,
     )
 
 

@@ -17,15 +17,8 @@ import pytest
 import requests
 
 from chainctl.devstack import find_procfile, free_port, wait_http
-from tests.support import Service, sha256_file, start_service, stop_service
+from tests.support import FAST, Service, sha256_file, start_service, stop_service
 from worker.core import tokens
-
-FAST = {
-    "poll_after_seconds": "2",
-    "submit_lease_seconds": "3",
-    "kling_timeout_seconds": "2",
-    "recheck_after_seconds": "1",
-}
 
 
 @pytest.fixture(scope="module")

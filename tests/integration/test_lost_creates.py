@@ -13,14 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import Service, start_service, stop_service
-
-FAST = {
-    "poll_after_seconds": "2",
-    "submit_lease_seconds": "3",
-    "kling_timeout_seconds": "2",
-    "recheck_after_seconds": "1",
-}
+from tests.support import FAST, Service, start_service, stop_service
 
 
 @pytest.fixture(scope="module")

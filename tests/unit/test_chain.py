@@ -1,7 +1,12 @@
-"""The chain's pure core: every step state against every event, the cap, the target."""
+"""The chain's pure core: every step state against every event, the cap, the target.
+
+A chain's videos are archived through their records (``tests/unit/test_videos.py``); the
+chain only learns that each one settled (``VideoSettled``).
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from typing import Any
 
@@ -10,11 +15,6 @@ import pytest
 from kling.models import Task, TaskStatus, Video
 from worker.core.chain import (
     MAX_TOTAL_SECONDS,
-    ArchiveClaim,
-    Archived,
-    ArchiveFailed,
-    ArchiveRetry,
-    ArchiveStatus,
     ArchiveVideo,
     Chain,
     ChainStatus,
@@ -29,14 +29,17 @@ from worker.core.chain import (
     Submitted,
     TaskUpdate,
     Verdict,
+    VideoSettled,
     apply,
     duration_doubt,
     end_reason_after,
     extension_ceiling,
     fits_under_cap,
     new_chain,
+    video_record,
 )
 from worker.core.schedule import Due, Work, schedule
+from worker.core.videos import VideoRecord, VideoState, archived, lost
 
 NOW = 1_000_000.0
 LEASE = 60.0
@@ -155,14 +158,15 @@ def test_stale_processing_after_success_changes_nothing() -> None:
 
 def test_failed_step_fails_chain_with_provider_reason_and_keeps_good_video() -> None:
     c = chain_at(S.SUCCEED)
-    c = apply(c, Archived("v1", "/a/v1.mp4", 10, "ab"), NOW).chain
+    c = apply(c, VideoSettled("v1", archived=True), NOW).chain
     c = apply(c, Claim(1, "w", LEASE), NOW).chain
     c = apply(c, Submitted(1, task(TaskStatus.SUBMITTED, task_id="t1")), NOW).chain
     out = apply(c, TaskUpdate(1, task(TaskStatus.FAILED, task_id="t1")), NOW)
     assert out.chain.status is ChainStatus.FAILED
     assert "content safety" in (out.chain.error or "")
     assert out.chain.duration == 9.5
-    assert out.chain.archive[0].status is ArchiveStatus.DONE
+    record = archived_record(out.chain, "v1")
+    assert out.chain.view({"v1": record})["archive"][0]["status"] == "done"
 
 
 def test_chain_succeeds_only_once_the_newest_video_is_archived() -> None:
@@ -170,15 +174,41 @@ def test_chain_succeeds_only_once_the_newest_video_is_archived() -> None:
     c = apply(c, EVENTS["succeed"], NOW).chain
     assert c.end_reason is EndReason.TARGET_REACHED
     assert c.status is ChainStatus.RUNNING
-    c = apply(c, Archived("v1", "/a/v1.mp4", 10, "ab"), NOW).chain
-    assert c.status is ChainStatus.SUCCEEDED
+    out = apply(c, VideoSettled("v1", archived=True), NOW)
+    assert out.chain.status is ChainStatus.SUCCEEDED
+    assert out.ended
+    assert not apply(out.chain, VideoSettled("v1", archived=True), NOW).ended  # once
 
 
 def test_archive_failure_of_newest_video_fails_the_chain() -> None:
     c = apply(chain_at(S.PROCESSING, target_seconds=9.0), EVENTS["succeed"], NOW).chain
-    c = apply(c, ArchiveFailed("v1", "HTTP 404"), NOW).chain
+    c = apply(c, VideoSettled("v1", archived=False, error="HTTP 404"), NOW).chain
     assert c.status is ChainStatus.FAILED
     assert "HTTP 404" in (c.error or "")
+    assert c.error == "archiving video v1 failed: HTTP 404"
+
+
+def test_losing_an_older_video_does_not_fail_the_chain() -> None:
+    c = chain_at(S.SUCCEED)  # v1 made, step 1 pending
+    c = apply(c, Claim(1, "w", LEASE), NOW).chain
+    c = apply(c, Submitted(1, task(TaskStatus.SUBMITTED, task_id="t1")), NOW).chain
+    done = task(TaskStatus.SUCCEED, task_id="t1", video="v2", duration=14.0)
+    c = apply(c, TaskUpdate(1, done), NOW).chain
+    c = apply(c, VideoSettled("v1", archived=False, error="HTTP 404"), NOW).chain
+    assert c.error is None
+    assert c.settled == ["v1"]
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        VideoSettled("v9", archived=True),  # not this chain's
+        VideoSettled("v1", archived=False, error="again"),  # settled already
+    ],
+)
+def test_stale_or_foreign_settlements_change_nothing(event: VideoSettled) -> None:
+    c = apply(chain_at(S.SUCCEED), VideoSettled("v1", archived=True), NOW).chain
+    assert apply(c, event, NOW + 1).chain == c
 
 
 @pytest.mark.parametrize(
@@ -371,19 +401,15 @@ def test_an_unbelievable_duration_fails_the_chain_before_it_pays_again(
     assert named in (step.error or "")
     assert c.error == f"step {failed_step}: {step.error}"
     assert c.error.endswith("stopping before paying for more")
-    assert not [
-        d
-        for d in schedule(c, poll_after=1, submit_lease=1, archive_lease=1)
-        if d.work is Work.SUBMIT
-    ]
+    assert not [d for d in schedule(c, poll_after=1, submit_lease=1) if d.work is Work.SUBMIT]
     # and the duration shown is the last believed one, while the doubted video is still kept
     believed = durations[:failed_step]
     assert c.duration == (believed[-1] if believed else spec.source_duration)
     assert (step.video_id, step.duration) == (f"v{failed_step + 1}", durations[failed_step])
-    assert [a.video_id for a in c.archive][-1] == step.video_id
+    assert c.video_ids[-1] == step.video_id
     assert c.status is ChainStatus.RUNNING  # until that video is archived
-    for entry in c.archive:
-        c = apply(c, Archived(entry.video_id, f"/a/{entry.video_id}.mp4", 1, "x"), NOW).chain
+    for video_id in c.video_ids:
+        c = apply(c, VideoSettled(video_id, archived=True), NOW).chain
     assert c.status is ChainStatus.FAILED
     assert Chain.from_json(c.to_json()) == c
 
@@ -454,26 +480,10 @@ class TestClaims:
         c = apply(chain_at(S.SUBMITTING), EVENTS["submit_failed"], NOW).chain
         assert apply(c, Claim(0, "w9", LEASE), NOW + 999).verdict is Verdict.SKIP
 
-    def test_archive_claim_is_exclusive_until_the_lease_ends(self) -> None:
-        c = apply(chain_at(S.PROCESSING), EVENTS["succeed"], NOW).chain
-        first = apply(c, ArchiveClaim("v1", "a", LEASE), NOW)
-        assert first.verdict is Verdict.GO
-        assert apply(first.chain, ArchiveClaim("v1", "b", LEASE), NOW + 1).verdict is Verdict.SKIP
-        assert apply(first.chain, ArchiveClaim("v1", "a", LEASE), NOW + 1).verdict is Verdict.GO
-        assert apply(first.chain, ArchiveClaim("v1", "b", LEASE), NOW + LEASE).verdict is Verdict.GO
-        done = apply(first.chain, Archived("v1", "/a", 1, "x"), NOW).chain
-        assert apply(done, ArchiveClaim("v1", "b", LEASE), NOW + LEASE).verdict is Verdict.SKIP
-
-    def test_archive_retry_backs_off(self) -> None:
-        c = apply(chain_at(S.PROCESSING), EVENTS["succeed"], NOW).chain
-        c = apply(c, ArchiveRetry("v1", "connection reset", NOW + 30), NOW).chain
-        assert apply(c, ArchiveClaim("v1", "a", LEASE), NOW + 10).verdict is Verdict.SKIP
-        assert apply(c, ArchiveClaim("v1", "a", LEASE), NOW + 30).verdict is Verdict.GO
-
 
 class TestSchedule:
     def timing(self, c: Chain) -> dict[str, float]:
-        due = schedule(c, poll_after=120, submit_lease=60, archive_lease=600)
+        due = schedule(c, poll_after=120, submit_lease=60)
         return {d.member: at for d, at in due.items()}
 
     def test_pending_step_is_owed_a_submit(self) -> None:
@@ -482,13 +492,15 @@ class TestSchedule:
     def test_quiet_task_is_polled_after_poll_after(self) -> None:
         assert self.timing(chain_at(S.SUBMITTED)) == {"poll|c1|0": NOW + 120}
 
-    def test_success_owes_an_archive_and_the_next_submit(self) -> None:
+    def test_success_owes_the_next_submit(self) -> None:
+        # and the archive, through the video's record (registered with this transition)
         c = apply(chain_at(S.PROCESSING), EVENTS["succeed"], NOW + 3).chain
-        assert self.timing(c) == {"submit|c1|1": NOW + 63, "archive|c1|v1": NOW + 63}
+        assert self.timing(c) == {"submit|c1|1": NOW + 63}
 
     def test_finished_chain_owes_nothing(self) -> None:
         c = apply(chain_at(S.PROCESSING, target_seconds=9), EVENTS["succeed"], NOW).chain
-        c = apply(c, Archived("v1", "/a", 1, "x"), NOW).chain
+        assert self.timing(c) == {}
+        c = apply(c, VideoSettled("v1", archived=True), NOW).chain
         assert self.timing(c) == {}
 
     def test_attention_owes_nothing(self) -> None:
@@ -501,7 +513,7 @@ def test_json_round_trip_keeps_everything() -> None:
 
 
 def test_view_has_the_contract_fields() -> None:
-    view = chain_at(S.SUCCEED).view()
+    view = chain_at(S.SUCCEED).view({})
     assert {
         "id",
         "status",
@@ -524,9 +536,94 @@ def test_view_has_the_contract_fields() -> None:
     assert view["status"] == "running"
 
 
-@pytest.mark.parametrize(
-    "due",
-    [Due(Work.POLL, "c1", "0"), Due(Work.SUBMIT, "c-2", "13"), Due(Work.ARCHIVE, "c1", "vid_a|b")],
-)
+@pytest.mark.parametrize("due", [Due(Work.POLL, "c1", "0"), Due(Work.SUBMIT, "c-2", "13")])
 def test_owed_work_round_trips_through_its_member_string(due: Due) -> None:
     assert Due.parse(due.member) == due
+
+
+# -- the chain's videos and their archive records ----------------------------------------------
+def archived_record(c: Chain, video_id: str) -> VideoRecord:
+    mine = video_record(c, video_id, NOW)
+    return archived(
+        mine, location=f"/a/{video_id}.mp4", size=10, sha256="ab", host="cdn.example", now=NOW
+    )
+
+
+ENTRY_FIELDS = {"video_id", "status", "path", "bytes", "sha256", "duration", "error"}
+
+
+@pytest.mark.parametrize(
+    ("state", "status", "path", "error"),
+    [
+        (VideoState.PENDING, "pending", None, None),
+        (VideoState.ARCHIVED, "done", "/a/v1.mp4", None),
+        (VideoState.LOST, "failed", None, "HTTP 404"),
+    ],
+)
+def test_view_lists_archive_entries_from_the_video_records(
+    state: VideoState, status: str, path: str | None, error: str | None
+) -> None:
+    c = chain_at(S.SUCCEED)
+    record = video_record(c, "v1", NOW)
+    if state is VideoState.ARCHIVED:
+        record = archived_record(c, "v1")
+    elif state is VideoState.LOST:
+        record = lost(record, "HTTP 404")
+    [entry] = c.view({"v1": record})["archive"]
+    assert set(entry) == ENTRY_FIELDS  # the API contract
+    assert (entry["video_id"], entry["status"], entry["path"], entry["error"]) == (
+        "v1",
+        status,
+        path,
+        error,
+    )
+    assert entry["duration"] == 9.5
+    assert (entry["bytes"], entry["sha256"]) == ((10, "ab") if path else (None, None))
+
+
+def test_a_video_without_a_readable_record_is_shown_pending() -> None:
+    [entry] = chain_at(S.SUCCEED).view({})["archive"]
+    assert (entry["video_id"], entry["status"], entry["duration"]) == ("v1", "pending", 9.5)
+
+
+def test_a_chain_video_record_carries_what_its_sidecar_needs() -> None:
+    c = chain_at(S.SUCCEED)
+    record = video_record(c, "v1", NOW + 7)
+    assert (record.origin, record.chain_id, record.step, record.task_id) == ("chain", "c1", 0, "t0")
+    assert (record.kind, record.parent_video_id, record.parent_task_id) == (
+        "video-extend",
+        "v0",
+        "p0",
+    )
+    assert (record.url, record.created_at, record.duration) == (
+        "https://cdn.example/v1.mp4",
+        NOW,
+        9.5,
+    )
+    assert record.state is VideoState.PENDING
+    assert record.queued_at == NOW + 7  # enqueued right after the commit
+
+
+@pytest.mark.parametrize("video_id", ["../../etc/passwd", ".hidden", "a/b", "x" * 200])
+def test_an_unsafe_video_id_is_lost_at_once_and_never_recorded(video_id: str) -> None:
+    # Given a one-step chain whose provider names an unsafe video id
+    c = chain_at(S.PROCESSING, steps=1, target_seconds=None)
+    # When the step succeeds
+    out = apply(c, TaskUpdate(0, task(TaskStatus.SUCCEED, video=video_id)), NOW + 1)
+    # Then no record is asked for, the video counts as lost, and the chain fails saying why
+    assert out.actions == []
+    assert out.chain.settled == [video_id]
+    assert out.chain.status is ChainStatus.FAILED
+    assert out.ended
+    assert "not a safe file name" in (out.chain.error or "")
+    [entry] = out.chain.view({})["archive"]
+    assert entry["status"] == "failed"
+    assert "not a safe file name" in (entry["error"] or "")
+
+
+def test_a_document_from_before_video_records_reads_its_settled_videos() -> None:
+    c = apply(chain_at(S.SUCCEED), VideoSettled("v1", archived=True), NOW).chain
+    data = json.loads(c.to_json())
+    del data["settled"]
+    data["archive"] = [{"video_id": "v1", "status": "done"}]
+    assert Chain.from_json(json.dumps(data)) == c

@@ -5,6 +5,7 @@ The same paths run against the real gateway, Redis and worker in tests/integrati
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,14 +22,18 @@ from kling.errors import (
     RetryableError,
 )
 from kling.models import ExtendRequest, Task, TaskKind, TaskStatus, Text2VideoRequest, Video
-from worker.archiver import MAX_TASK_QUERIES, Archiver
+from worker.archiver import Archiver
 from worker.core.chain import Claim, Spec, StepStatus, new_chain
+from worker.core.retry import POLICIES, Kind
+from worker.core.videos import VideoRecord, archived
+from worker.outbound.download import Downloaded
 from worker.runner import Runner
 from worker.settings import Settings
 from worker.state.chains import Store, Timing
 from worker.state.videos import Videos
+from worker.storage import Upload
 from worker.storage.local import LocalStorage
-from worker.tasknames import ARCHIVE_CHAIN_VIDEO, SUBMIT_STEP
+from worker.tasknames import ARCHIVE_VIDEO, NOTIFY, SUBMIT_STEP
 
 NOW = 2_000_000_000.0
 
@@ -110,6 +115,13 @@ class Rig:
         self.store.create(c)
         return c.id
 
+    def entry(self, chain_id: str, video_id: str) -> dict[str, Any]:
+        """The chain view's archive entry for ``video_id``, as the API shows it."""
+        chain = self.store.get(chain_id)
+        view = chain.view(self.runner.archiver.videos.of([chain]))
+        [entry] = [e for e in view["archive"] if e["video_id"] == video_id]
+        return entry  # type: ignore[no-any-return]
+
 
 def make_rig(tmp_path: Path, provider: ScriptedProvider, **settings: Any) -> Rig:
     s = Settings(
@@ -121,7 +133,7 @@ def make_rig(tmp_path: Path, provider: ScriptedProvider, **settings: Any) -> Rig
     store = Store(
         fakeredis.FakeRedis(),
         prefix="t:",
-        timing=Timing(poll_after=120, submit_lease=60, archive_lease=600),
+        timing=Timing(poll_after=120, submit_lease=60),
         clock=lambda: NOW,
     )
     queued: list[tuple[str, tuple[Any, ...]]] = []
@@ -130,7 +142,7 @@ def make_rig(tmp_path: Path, provider: ScriptedProvider, **settings: Any) -> Rig
         queued.append((name, args))
 
     videos = Videos(store.redis, prefix="t:")
-    archiver = Archiver(s, LocalStorage(tmp_path), videos, provider, enqueue)  # type: ignore[arg-type]
+    archiver = Archiver(s, LocalStorage(tmp_path), store, videos, provider, enqueue)  # type: ignore[arg-type]
     runner = Runner(s, store, provider, enqueue, archiver, clock=lambda: NOW)  # type: ignore[arg-type]
     return Rig(runner, store, provider, queued)
 
@@ -348,12 +360,12 @@ def test_a_callback_without_a_task_id_for_a_step_mid_submit_changes_nothing(rig:
     assert rig.store.get(cid).step(0).status is StepStatus.SUBMITTING
 
 
-def succeed_step(rig: Rig, cid: str, video_id: str, url: str) -> None:
+def succeed_step(rig: Rig, cid: str, video_id: str, url: str, created: float = 1000.0) -> None:
     rig.runner.submit(cid, 0, owner="a")
     done = Task(
         "t0",
         TaskStatus.SUCCEED,
-        created_at_ms=int(1000.0 * 1000),
+        created_at_ms=int(created * 1000),
         videos=(Video(video_id, url, 9.5),),
     )
     rig.provider.tasks["t0"] = done
@@ -363,19 +375,130 @@ def succeed_step(rig: Rig, cid: str, video_id: str, url: str) -> None:
 def test_success_queues_one_archive_and_one_next_step(rig: Rig) -> None:
     cid = rig.chain()
     succeed_step(rig, cid, "v1", "https://cdn.example/v1.mp4")
-    assert rig.queued == [(ARCHIVE_CHAIN_VIDEO, (cid, "v1")), (SUBMIT_STEP, (cid, 1))]
+    assert rig.queued == [(ARCHIVE_VIDEO, ("v1",)), (SUBMIT_STEP, (cid, 1))]
     rig.runner.refresh(cid, 0)  # a duplicate callback, confirmed again
     assert len(rig.queued) == 2
+
+
+def fake_download(body: bytes) -> Any:
+    """``download_into`` without a network: writes ``body`` and commits it."""
+
+    def download_into(url: str, upload: Upload, **_: Any) -> Downloaded:
+        upload.write(body)
+        location = upload.commit(size=len(body))
+        return Downloaded(location, len(body), upload.sha256)
+
+    return download_into
+
+
+def notified(rig: Rig, kind: str) -> list[dict[str, Any]]:
+    return [args[0] for name, args in rig.queued if name == NOTIFY and args[0]["type"] == kind]
+
+
+def test_a_chain_video_is_recorded_in_the_transition_that_made_it(rig: Rig) -> None:
+    # Given a step that succeeds, and the process dying before it enqueues anything
+    cid = rig.chain(steps=1)
+    succeed_step(rig, cid, "v1", "https://cdn.example/v1.mp4", created=NOW)
+    rig.queued.clear()
+    # Then the video's record is already there, pending, where the deadline sweep looks
+    videos = rig.runner.archiver.videos
+    record = videos.get("v1")
+    assert record is not None
+    assert (record.state, record.origin, record.chain_id, record.step) == (
+        "pending",
+        "chain",
+        cid,
+        0,
+    )
+    assert [r.video_id for r in videos.by_deadline(10)] == ["v1"]
+    # and the sweep hands it out once the fast path's hold is over
+    rig.runner.archiver.clock = lambda: NOW + 600
+    assert rig.runner.archiver.sweep() == 1
+    assert rig.queued == [(ARCHIVE_VIDEO, ("v1",))]
+
+
+def test_archiving_the_newest_video_ends_the_chain_and_announces_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = make_rig(
+        tmp_path,
+        ScriptedProvider(),
+        notify_url="https://hooks.example/kc",
+        notify_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )
+    monkeypatch.setattr("worker.archiver.download_into", fake_download(b"mp4 bytes"))
+    rig.runner.archiver.clock = lambda: NOW
+    cid = rig.chain(steps=1)
+    succeed_step(rig, cid, "v1", "https://cdn.example/v1.mp4", created=NOW)
+    assert rig.store.get(cid).status.value == "running"  # until its video is archived
+    # When the archive task runs, twice (a redelivery)
+    assert rig.runner.archiver.archive_video("v1", owner="x") is None
+    assert rig.runner.archiver.archive_video("v1", owner="y") is None
+    # Then the chain succeeded, its view shows the archived file, and each event went out once
+    chain = rig.store.get(cid)
+    assert (chain.status.value, chain.settled) == ("succeeded", ["v1"])
+    entry = rig.entry(cid, "v1")
+    assert (entry["status"], entry["bytes"], entry["path"]) == ("done", 9, str(tmp_path / "v1.mp4"))
+    [end] = notified(rig, "chain.succeeded")
+    assert end["data"]["archive"] == [entry]
+    assert len(notified(rig, "video.archived")) == 1
+    sidecar = json.loads((tmp_path / "v1.json").read_text())
+    assert {k: sidecar[k] for k in ("chain_id", "step", "kind", "task_id", "parent_task_id")} == {
+        "chain_id": cid,
+        "step": 0,
+        "kind": "video-extend",
+        "task_id": "t0",
+        "parent_task_id": "p0",
+    }
+    assert (sidecar["parent_video_id"], sidecar["duration"], sidecar["origin"]) == (
+        "v0",
+        9.5,
+        "chain",
+    )
+
+
+def test_a_video_archived_before_its_chain_learned_of_it_settles_the_chain_at_once(
+    rig: Rig,
+) -> None:
+    # Given the step's task asked for by POST /archive, and its video archived already
+    videos = rig.runner.archiver.videos
+    known = VideoRecord(
+        video_id="v1",
+        task_id="t0",
+        kind="video-extend",
+        url="https://cdn.example/v1.mp4",
+        created_at=NOW,
+        known_at=NOW - 5,
+        origin="request",
+    )
+    videos.register(
+        archived(known, location="/a/v1.mp4", size=9, sha256="ab", host="cdn.example", now=NOW)
+    )
+    # When the chain's step succeeds with that video
+    cid = rig.chain(steps=1)
+    succeed_step(rig, cid, "v1", "https://cdn.example/v1.mp4", created=NOW)
+    # Then the record becomes the chain's, and the chain is done without waiting for it
+    record = videos.get("v1")
+    assert record is not None
+    assert (record.chain_id, record.origin, record.state) == (cid, "chain", "archived")
+    assert rig.store.get(cid).status.value == "succeeded"
+    assert videos.counts() == {"pending": 0, "archived": 1, "lost": 0}
+
+
+def test_owed_work_of_a_kind_no_longer_owed_is_dropped(rig: Rig) -> None:
+    rig.store.redis.zadd(rig.store.keys.due, {"archive|c9|v1": 1.0})
+    assert rig.store.take_due(now=NOW, hold=60) == []
+    assert rig.store.redis.zcard(rig.store.keys.due) == 0
 
 
 @pytest.mark.parametrize("video_id", ["../../etc/passwd", ".hidden", "a/b", "x" * 200])
 def test_unsafe_video_id_never_becomes_a_path(rig: Rig, tmp_path: Path, video_id: str) -> None:
     cid = rig.chain(steps=1)
     succeed_step(rig, cid, video_id, "https://cdn.example/v.mp4")
-    assert rig.runner.archive(cid, video_id, owner="a") is None
-    entry = rig.store.get(cid).entry(video_id)
-    assert entry.status.value == "failed"
-    assert "not a safe file name" in (entry.error or "")
+    assert rig.runner.archiver.archive_video(video_id, owner="a") is None
+    entry = rig.entry(cid, video_id)
+    assert entry["status"] == "failed"
+    assert "not a safe file name" in (entry["error"] or "")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -384,9 +507,9 @@ def test_video_past_its_deletion_is_marked_failed_without_downloading(
 ) -> None:
     cid = rig.chain(steps=1)
     succeed_step(rig, cid, "v1", "https://cdn.example/v1.mp4")  # created at t=1000 s (1970)
-    assert rig.runner.archive(cid, "v1", owner="a") is None
+    assert rig.runner.archiver.archive_video("v1", owner="a") is None
     chain = rig.store.get(cid)
-    assert "30 days" in (chain.entry("v1").error or "")
+    assert "30 days" in (rig.entry(cid, "v1")["error"] or "")
     assert chain.status.value == "failed"
 
 
@@ -401,9 +524,9 @@ def test_only_http_urls_are_downloaded(tmp_path: Path, url: str) -> None:
         "t0", TaskStatus.SUCCEED, created_at_ms=int(now * 1000), videos=(Video("v1", url, 9.5),)
     )
     rig.runner.refresh(cid, 0)
-    assert rig.runner.archive(cid, "v1", owner="a") is None
-    entry = rig.store.get(cid).entry("v1")
-    assert entry.status.value == "failed"
+    assert rig.runner.archiver.archive_video("v1", owner="a") is None
+    entry = rig.entry(cid, "v1")
+    assert entry["status"] == "failed"
     assert list(tmp_path.iterdir()) == []
 
 
@@ -417,8 +540,7 @@ def test_celery_tasks_leave_retry_limits_to_the_runner(monkeypatch: pytest.Monke
         tasks.submit_step,
         tasks.refresh_step,
         tasks.archive_video,
-        tasks.archive_task,
-        tasks.archive_record,
+        tasks.import_task,
         tasks.notify,
     ):
         assert task.max_retries is None, task.name
@@ -488,7 +610,7 @@ def test_archive_queries_of_an_outside_task_are_bounded(rig: Rig) -> None:
     assert videos.ask("video-extend", "x1", "callback", ttl=60)
     archiver = rig.runner.archiver
     assert archiver.archive_task("video-extend", "x1", "callback", attempt=0) is not None
-    last = MAX_TASK_QUERIES - 1
+    last = (POLICIES[Kind.TASK_QUERY].max_attempts or 0) - 1
     assert archiver.archive_task("video-extend", "x1", "callback", attempt=last) is None
     assert videos.ask("video-extend", "x1", "callback", ttl=60)  # it may be asked for again
 

@@ -5,9 +5,11 @@ chain plus the work to enqueue once the new state is committed. The Redis shell
 (``worker.state.chains``) runs ``apply`` inside a WATCH/MULTI transaction, so concurrent callbacks,
 duplicate deliveries and retries all see one linear history.
 
-What must happen next (poll a quiet task, submit a step, archive a video) is *derived* from the
-state by ``schedule()``; the store mirrors it into a sorted set that the beat sweep reads, so a
-process that dies between committing and enqueueing never loses work.
+What must happen next (poll a quiet task, submit a step) is *derived* from the state by
+``schedule()``; the store mirrors it into a sorted set that the beat sweep reads, so a process
+that dies between committing and enqueueing never loses work. The chain's videos are archived
+through their records (``worker.core.videos``), registered in the same transaction as the
+step that made them; the chain keeps only which of them are settled.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
 from kling.models import Task, TaskKind, TaskStatus
+from worker.core.videos import VideoRecord, VideoState, archive_entry, unsafe_id
 
 MAX_TOTAL_SECONDS = 180.0
 MAX_STEP_SECONDS = 5.0
@@ -59,16 +63,10 @@ class StepStatus(StrEnum):
         return self in (StepStatus.SUCCEED, StepStatus.FAILED, StepStatus.ATTENTION)
 
 
-class ArchiveStatus(StrEnum):
-    PENDING = "pending"
-    DONE = "done"
-    FAILED = "failed"
-
-
 class Verdict(StrEnum):
-    """What a worker that asked to act on a step or video should do."""
+    """What a worker that asked to act on a step should do."""
 
-    GO = "go"  # you hold the claim: send the create / download the file
+    GO = "go"  # you hold the claim: send the create
     RECONCILE = "reconcile"  # an earlier attempt may have been billed: look it up first
     SKIP = "skip"  # nothing to do (done already, or someone else holds a live claim)
 
@@ -114,30 +112,13 @@ class Step:
 
 
 @dataclass
-class ArchiveEntry:
-    video_id: str
-    step: int
-    url: str
-    duration: float | None
-    created_at: float | None
-    status: ArchiveStatus = ArchiveStatus.PENDING
-    path: str | None = None
-    bytes: int | None = None
-    sha256: str | None = None
-    error: str | None = None
-    owner: str | None = None
-    claimed_at: float | None = None
-    retry_at: float | None = None
-
-
-@dataclass
 class Chain:
     id: str
     spec: Spec
     created_at: float
     updated_at: float
     steps: list[Step] = field(default_factory=list)
-    archive: list[ArchiveEntry] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)  # its videos archived or lost, by id
     end_reason: EndReason | None = None
     error: str | None = None
     waiting: str | None = None
@@ -152,9 +133,14 @@ class Chain:
         return self.spec.source_duration
 
     @property
+    def video_ids(self) -> list[str]:
+        """Every video the chain made, oldest first; each has a record in the archive."""
+        return [s.video_id for s in self.steps if s.video_id is not None]
+
+    @property
     def status(self) -> ChainStatus:
         ended = self.end_reason is not None or self.error is not None
-        if ended and all(a.status is not ArchiveStatus.PENDING for a in self.archive):
+        if ended and set(self.video_ids) <= set(self.settled):
             return ChainStatus.FAILED if self.error is not None else ChainStatus.SUCCEEDED
         if not ended and all(s.first_try_at is None for s in self.steps):
             return ChainStatus.QUEUED
@@ -165,12 +151,6 @@ class Chain:
             raise KeyError(f"chain {self.id} has no step {index}")
         return self.steps[index]
 
-    def entry(self, video_id: str) -> ArchiveEntry:
-        for entry in self.archive:
-            if entry.video_id == video_id:
-                return entry
-        raise KeyError(f"chain {self.id} has no video {video_id}")
-
     # -- serialisation -------------------------------------------------------------------
     def to_json(self) -> str:
         # By hand rather than dataclasses.asdict, which deep-copies and is 8x slower: every
@@ -179,7 +159,6 @@ class Chain:
             **vars(self),
             "spec": vars(self.spec),
             "steps": [vars(s) for s in self.steps],
-            "archive": [vars(a) for a in self.archive],
         }
         return json.dumps(data, separators=(",", ":"))
 
@@ -192,16 +171,14 @@ class Chain:
             created_at=data["created_at"],
             updated_at=data["updated_at"],
             steps=[Step(**{**s, "status": StepStatus(s["status"])}) for s in data["steps"]],
-            archive=[
-                ArchiveEntry(**{**a, "status": ArchiveStatus(a["status"])}) for a in data["archive"]
-            ],
+            settled=data["settled"] if "settled" in data else _settled_before(data),
             end_reason=EndReason(data["end_reason"]) if data["end_reason"] else None,
             error=data["error"],
             waiting=data["waiting"],
         )
 
-    def view(self) -> dict[str, Any]:
-        """The chain as the HTTP API shows it."""
+    def view(self, records: Mapping[str, VideoRecord]) -> dict[str, Any]:
+        """The chain as the HTTP API shows it; ``records``: its videos' (``Videos.of``)."""
         return {
             "id": self.id,
             "status": self.status.value,
@@ -232,18 +209,37 @@ class Chain:
                 for s in self.steps
             ],
             "archive": [
-                {
-                    "video_id": a.video_id,
-                    "status": a.status.value,
-                    "path": a.path,
-                    "bytes": a.bytes,
-                    "sha256": a.sha256,
-                    "duration": a.duration,
-                    "error": a.error,
-                }
-                for a in self.archive
+                archive_entry(s.video_id, s.duration, records.get(s.video_id))
+                for s in self.steps
+                if s.video_id is not None
             ],
         }
+
+
+def _settled_before(data: dict[str, Any]) -> list[str]:
+    """A document written while chains held their own archive entries: the settled ones."""
+    return [a["video_id"] for a in data.get("archive", ()) if a["status"] != "pending"]
+
+
+def video_record(chain: Chain, video_id: str, now: float) -> VideoRecord:
+    """The pending archive record of a video the chain made, as ``ArchiveVideo`` asks for it."""
+    step = next(s for s in chain.steps if s.video_id == video_id)
+    return VideoRecord(
+        video_id=video_id,
+        task_id=step.task_id or "",
+        kind=step.kind,
+        url=step.video_url or "",
+        created_at=step.video_created_at or now,
+        known_at=now,
+        duration=step.duration,
+        parent_video_id=step.parent_video_id,
+        prompt=step.prompt,
+        chain_id=chain.id,
+        step=step.index,
+        parent_task_id=step.parent_task_id,
+        origin="chain",
+        queued_at=now,  # the fast path enqueues it right after the commit
+    )
 
 
 # -- pure rules ------------------------------------------------------------------------------
@@ -430,45 +426,19 @@ class TaskUpdate:
 
 
 @dataclass(frozen=True)
-class ArchiveClaim:
+class VideoSettled:
+    """The archive record of the chain's video ``video_id`` is archived, or lost with ``error``."""
+
     video_id: str
-    owner: str
-    lease: float
+    archived: bool
+    error: str | None = None
+
+    @classmethod
+    def of(cls, record: VideoRecord) -> VideoSettled:
+        return cls(record.video_id, record.state is VideoState.ARCHIVED, record.error)
 
 
-@dataclass(frozen=True)
-class Archived:
-    video_id: str
-    path: str
-    bytes: int
-    sha256: str
-
-
-@dataclass(frozen=True)
-class ArchiveRetry:
-    video_id: str
-    reason: str
-    retry_at: float
-
-
-@dataclass(frozen=True)
-class ArchiveFailed:
-    video_id: str
-    message: str
-
-
-Event = (
-    Claim
-    | Submitted
-    | SubmitRetry
-    | SubmitFailed
-    | NeedsAttention
-    | TaskUpdate
-    | ArchiveClaim
-    | Archived
-    | ArchiveRetry
-    | ArchiveFailed
-)
+Event = Claim | Submitted | SubmitRetry | SubmitFailed | NeedsAttention | TaskUpdate | VideoSettled
 
 
 @dataclass(frozen=True)
@@ -478,6 +448,8 @@ class SubmitStep:
 
 @dataclass(frozen=True)
 class ArchiveVideo:
+    """Archive a video the chain made: its record is registered with the transition."""
+
     video_id: str
 
 
@@ -523,27 +495,8 @@ def evolve(new: Chain, event: Event, now: float, *, before: Chain) -> Outcome:
                 _fail(new, f"step {event.index} needs attention: {event.message}")
         case TaskUpdate():
             _task_update(new, event, now, out)
-        case ArchiveClaim():
-            _archive_claim(new, event, now, out)
-        case Archived():
-            entry = new.entry(event.video_id)
-            if entry.status is ArchiveStatus.PENDING:
-                entry.status = ArchiveStatus.DONE
-                entry.path, entry.bytes, entry.sha256 = event.path, event.bytes, event.sha256
-                entry.owner = entry.claimed_at = entry.retry_at = None
-                entry.error = None
-        case ArchiveRetry():
-            entry = new.entry(event.video_id)
-            if entry.status is ArchiveStatus.PENDING:
-                entry.error, entry.retry_at = event.reason, event.retry_at
-                entry.owner = entry.claimed_at = None
-        case ArchiveFailed():
-            entry = new.entry(event.video_id)
-            if entry.status is ArchiveStatus.PENDING:
-                entry.status, entry.error = ArchiveStatus.FAILED, event.message
-                entry.owner = entry.claimed_at = None
-                if new.error is None and _is_newest_video(new, entry):
-                    new.error = f"archiving video {entry.video_id} failed: {event.message}"
+        case VideoSettled():
+            _video_settled(new, event)
     if new != chain:
         new.updated_at = now
     finished = (ChainStatus.SUCCEEDED, ChainStatus.FAILED)
@@ -627,28 +580,21 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
         step.status = StepStatus.SUCCEED if doubt is None else StepStatus.FAILED
         step.error = doubt
         step.video_id, step.video_url, step.duration = video.id, video.url, video.duration
-        created = task.created_at_ms / 1000 if task.created_at_ms else now
-        step.video_created_at = created
-        chain.archive.append(
-            ArchiveEntry(
-                video_id=video.id,
-                step=step.index,
-                url=video.url,
-                duration=video.duration,
-                created_at=created,
-            )
-        )
-        out.actions.append(ArchiveVideo(video.id))
+        step.video_created_at = task.created_at_ms / 1000 if task.created_at_ms else now
+        unsafe = unsafe_id(video.id)
+        if unsafe is None:
+            out.actions.append(ArchiveVideo(video.id))
         if doubt is not None:
             _fail(chain, f"step {event.index}: {doubt}")
-            return
-        reason = end_reason_after(
-            chain.spec, video.duration, _extensions_done(chain), ceiling=chain_ceiling(chain)
-        )
-        if reason is not None:
-            chain.end_reason = reason
-            chain.waiting = None
         else:
+            reason = end_reason_after(
+                chain.spec, video.duration, _extensions_done(chain), ceiling=chain_ceiling(chain)
+            )
+            if reason is not None:
+                chain.end_reason, chain.waiting = reason, None
+        if unsafe is not None:  # never a file name nor a key: lost at once, and no record
+            _video_settled(chain, VideoSettled(video.id, archived=False, error=unsafe))
+        if chain.end_reason is None and chain.error is None:
             nxt = _new_extension(chain, video.id, step.task_id)
             chain.steps.append(nxt)
             out.actions.append(SubmitStep(nxt.index))
@@ -666,21 +612,14 @@ def _parent_duration(chain: Chain, step: Step, task: Task) -> float | None:
     return task.parent_video.duration if task.parent_video is not None else None
 
 
-def _archive_claim(chain: Chain, event: ArchiveClaim, now: float, out: Outcome) -> None:
-    entry = chain.entry(event.video_id)
-    if entry.status is not ArchiveStatus.PENDING:
+def _video_settled(chain: Chain, event: VideoSettled) -> None:
+    """Note a settled video; losing the newest one fails the chain, even one that succeeded."""
+    videos = chain.video_ids
+    if event.video_id not in videos or event.video_id in chain.settled:
         return
-    if entry.retry_at is not None and entry.retry_at > now:
-        return
-    live = entry.claimed_at is not None and now - entry.claimed_at < event.lease
-    if live and entry.owner != event.owner:
-        return
-    entry.owner, entry.claimed_at = event.owner, now
-    out.verdict = Verdict.GO
-
-
-def _is_newest_video(chain: Chain, entry: ArchiveEntry) -> bool:
-    return max(a.step for a in chain.archive) == entry.step
+    chain.settled.append(event.video_id)
+    if not event.archived and chain.error is None and videos[-1] == event.video_id:
+        chain.error = f"archiving video {event.video_id} failed: {event.error}"
 
 
 def _fail(chain: Chain, message: str) -> None:

@@ -1,8 +1,9 @@
 """The work a chain is owed, derived from its state: a typed value, not a string format.
 
 ``schedule(chain)`` says what must happen next and when (poll a quiet task, submit a
-pending step, archive a pending video). The Redis side mirrors it into a sorted set whose
-members are ``Due.member`` strings; the beat sweep takes the due ones back with ``Due.parse``.
+pending step). The Redis side mirrors it into a sorted set whose members are ``Due.member``
+strings; the beat sweep takes the due ones back with ``Due.parse``. A chain's videos are owed
+to the archive through their records, which the archive's deadline sweep reads.
 """
 
 from __future__ import annotations
@@ -10,18 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from worker.core.chain import ArchiveStatus, Chain, StepStatus
+from worker.core.chain import Chain, StepStatus
 
 
 class Work(StrEnum):
     POLL = "poll"  # query a task that has had no news for a while
     SUBMIT = "submit"  # send (or reconcile) a step's create
-    ARCHIVE = "archive"  # download a video into the archive
 
 
 @dataclass(frozen=True)
 class Due:
-    """One piece of owed work: ``ref`` is a step index or a video id."""
+    """One piece of owed work: ``ref`` is a step index."""
 
     work: Work
     chain_id: str
@@ -33,7 +33,6 @@ class Due:
 
     @property
     def index(self) -> int:
-        """The step, for POLL and SUBMIT."""
         return int(self.ref)
 
     @classmethod
@@ -42,9 +41,7 @@ class Due:
         return cls(Work(work), chain_id, ref)
 
 
-def schedule(
-    chain: Chain, *, poll_after: float, submit_lease: float, archive_lease: float
-) -> dict[Due, float]:
+def schedule(chain: Chain, *, poll_after: float, submit_lease: float) -> dict[Due, float]:
     """Work the chain is owed, with when it is due.
 
     The beat sweep enqueues what is due; a lost callback, a dead worker or a crash between
@@ -65,13 +62,4 @@ def schedule(
             due[Due(Work.SUBMIT, chain.id, str(step.index))] = (
                 step.claimed_at or chain.updated_at
             ) + submit_lease
-    for entry in chain.archive:
-        if entry.status is ArchiveStatus.PENDING:
-            if entry.retry_at is not None:
-                at = entry.retry_at
-            elif entry.claimed_at is not None:
-                at = entry.claimed_at + archive_lease
-            else:
-                at = chain.updated_at + submit_lease
-            due[Due(Work.ARCHIVE, chain.id, entry.video_id)] = at
     return due

@@ -3,7 +3,9 @@
 A video is known when a chain made it, when a callback from any of the account's tasks named
 it, or when someone asked for its task to be archived. Each record carries ``expires_at``
 (the provider deletes videos 30 days after they were made) and moves, only forward, from
-``pending`` to ``archived`` or ``lost``.
+``pending`` to ``archived`` or ``lost``. The record is the only archive state there is: a
+chain names its videos by id, is told when each one settles, and shows each record as one of
+its archive entries (``archive_entry``).
 
 The record and its rules are pure; ``worker.state.videos`` keeps them in Redis.
 """
@@ -23,10 +25,30 @@ SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 """Provider ids that may become a file name or a key: the same rule for chains and the rest."""
 
 
+def unsafe_id(video_id: str) -> str | None:
+    """Why ``video_id`` may not become a file name or a key, or None when it may."""
+    return None if SAFE_ID.match(video_id) else f"video id {video_id!r} is not a safe file name"
+
+
 class VideoState(StrEnum):
     PENDING = "pending"
     ARCHIVED = "archived"
     LOST = "lost"
+
+
+class ArchiveStatus(StrEnum):
+    """An archive entry's status in the chain view (an API contract): its record's state."""
+
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+ARCHIVE_STATUS = {
+    VideoState.PENDING: ArchiveStatus.PENDING,
+    VideoState.ARCHIVED: ArchiveStatus.DONE,
+    VideoState.LOST: ArchiveStatus.FAILED,
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +63,8 @@ class VideoRecord:
     parent_video_id: str | None = None
     prompt: str | None = None
     chain_id: str | None = None
+    step: int | None = None  # the chain's step that made it
+    parent_task_id: str | None = None
     origin: str = "callback"  # chain | callback | request
     state: VideoState = VideoState.PENDING
     location: str | None = None
@@ -59,6 +83,28 @@ class VideoRecord:
     @property
     def expires_at(self) -> float:
         return self.created_at + VIDEO_LIFETIME_SECONDS
+
+    @property
+    def settled(self) -> bool:
+        return self.state is not VideoState.PENDING
+
+    def sidecar(self) -> dict[str, Any]:
+        """What the ``.json`` beside the archived file says of the video's origin."""
+        about: dict[str, Any] = {
+            "task_id": self.task_id,
+            "kind": self.kind,
+            "parent_video_id": self.parent_video_id,
+            "prompt": self.prompt,
+            "duration": self.duration,
+            "origin": self.origin,
+        }
+        if self.chain_id is not None:
+            about |= {
+                "chain_id": self.chain_id,
+                "step": self.step,
+                "parent_task_id": self.parent_task_id,
+            }
+        return about
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -92,9 +138,50 @@ class VideoRecord:
         }
 
 
+def archive_entry(
+    video_id: str, duration: float | None, record: VideoRecord | None
+) -> dict[str, Any]:
+    """A chain's video as the chain view lists it (an API contract), from its record."""
+    if record is None:  # not recorded yet, or never: an unsafe id is lost at once
+        unsafe = unsafe_id(video_id)
+        return {
+            "video_id": video_id,
+            "status": (ArchiveStatus.PENDING if unsafe is None else ArchiveStatus.FAILED).value,
+            "path": None,
+            "bytes": None,
+            "sha256": None,
+            "duration": duration,
+            "error": unsafe,
+        }
+    return {
+        "video_id": video_id,
+        "status": ARCHIVE_STATUS[record.state].value,
+        "path": record.location,
+        "bytes": record.bytes,
+        "sha256": record.sha256,
+        "duration": record.duration,
+        "error": record.error,
+    }
+
+
 # -- pure rules --------------------------------------------------------------------------------
 def at_risk(record: VideoRecord, now: float, warn_window: float) -> bool:
     return record.state is VideoState.PENDING and record.expires_at - now <= warn_window
+
+
+def adopt(record: VideoRecord, mine: VideoRecord) -> VideoRecord:
+    """``record``, known before its chain recorded it (``POST /archive`` of the chain's own
+    task), as the chain's video ``mine``: its chain is then told when it settles."""
+    if record.chain_id is not None:
+        return record
+    return replace(
+        record,
+        chain_id=mine.chain_id,
+        step=mine.step,
+        parent_task_id=mine.parent_task_id,
+        prompt=record.prompt or mine.prompt,
+        origin=mine.origin,
+    )
 
 
 def claim(record: VideoRecord, owner: str, now: float, lease: float) -> VideoRecord | None:

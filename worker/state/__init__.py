@@ -13,21 +13,28 @@ import redis
 
 T = TypeVar("T")
 Writes = Callable[[Any], None]  # queues commands on the MULTI pipeline
+Read = Callable[[str], bytes | None]  # WATCH one more key and read it
 
 
 def optimistic(
-    client: redis.Redis, key: str, decide: Callable[[bytes | None], tuple[Writes | None, T]]
+    client: redis.Redis,
+    key: str,
+    decide: Callable[[bytes | None, Read], tuple[Writes | None, T]],
 ) -> T:
     """WATCH ``key``, let ``decide`` look at its value, run its writes in MULTI/EXEC.
 
     ``decide`` returns ``(writes, result)``; ``writes`` None means nothing to write (and no
-    MULTI/EXEC round trip). When another client changes ``key`` first, the whole thing runs
-    again on the new value, so concurrent callers see one linear history.
+    MULTI/EXEC round trip). It may read further documents with its second argument, which
+    watches them too. When another client changes any watched key first, the whole thing runs
+    again on the new values, so concurrent callers see one linear history.
     """
 
     def attempt(pipe: Any) -> T:
-        raw = pipe.get(key)
-        writes, result = decide(raw.encode() if isinstance(raw, str) else raw)
+        def read(other: str) -> bytes | None:
+            pipe.watch(other)
+            return _raw(pipe.get(other))
+
+        writes, result = decide(_raw(pipe.get(key)), read)
         if writes is None:
             pipe.unwatch()  # execute() then sends nothing
         else:
@@ -38,3 +45,7 @@ def optimistic(
     # redis-py types the callable as returning None, though value_from_callable returns it.
     result: T = client.transaction(attempt, key, value_from_callable=True)  # type: ignore[arg-type,assignment]
     return result
+
+
+def _raw(value: bytes | str | None) -> bytes | None:
+    return value.encode() if isinstance(value, str) else value

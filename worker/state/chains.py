@@ -3,23 +3,42 @@
 Besides the chain documents and their listing, it keeps the owed work (the derived
 schedule, read by the beat sweep), Idempotency-Keys, which step recorded each provider task
 (never two), and what a provider has been seen to do. Key names: ``worker.state.keys``.
+
+A chain's videos live in the archive's records (``worker.state.videos``). The transition
+that asks for a video to be archived registers its record in the same MULTI, and the change
+that archives or loses the record tells its chain in the same MULTI: no crash can leave a
+video the chain made unknown to the archive, nor a chain waiting for a settled video.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
 
 from kling.models import VIDEO_LIFETIME_SECONDS
-from worker.core.chain import Chain, Event, Outcome, evolve
+from worker.core.chain import (
+    ArchiveVideo,
+    Chain,
+    Event,
+    Outcome,
+    VideoSettled,
+    apply,
+    evolve,
+    video_record,
+)
 from worker.core.reconcile import Capability
 from worker.core.schedule import Due, schedule
-from worker.state import Writes, optimistic
+from worker.core.videos import VideoRecord, adopt
+from worker.state import Read, Writes, optimistic
 from worker.state.keys import Keys
+from worker.state.videos import write
+
+log = logging.getLogger(__name__)
 
 TASK_OWNER_TTL = int(VIDEO_LIFETIME_SECONDS) + 5 * 24 * 3600  # then the task is gone anyway
 CAPABILITY_TTL = 24 * 3600  # a gateway may change what it does: check again daily
@@ -43,7 +62,16 @@ class UnknownChain(KeyError):
 class Timing:
     poll_after: float
     submit_lease: float
-    archive_lease: float
+
+
+@dataclass(frozen=True)
+class Settled:
+    """What ``Store.settle`` did: the record after, whether it changed, and the chain's
+    outcome when the record is a chain's video that settled."""
+
+    record: VideoRecord | None
+    changed: bool
+    chain: Outcome | None = None
 
 
 class Store:
@@ -71,12 +99,7 @@ class Store:
     def _schedule(self, chain: Chain) -> dict[str, float]:
         """The chain's owed work as the members of the ``due`` set."""
         t = self.timing
-        due = schedule(
-            chain,
-            poll_after=t.poll_after,
-            submit_lease=t.submit_lease,
-            archive_lease=t.archive_lease,
-        )
+        due = schedule(chain, poll_after=t.poll_after, submit_lease=t.submit_lease)
         return {d.member: at for d, at in due.items()}
 
     def create(self, chain: Chain) -> None:
@@ -119,34 +142,93 @@ class Store:
 
     def transition(self, chain_id: str, event: Event) -> Outcome:
         """Apply ``event`` atomically (optimistic WATCH/MULTI, retried on conflict)."""
-        key = self._key(chain_id)
 
-        def decide(raw: bytes | None) -> tuple[Writes | None, Outcome]:
+        def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Outcome]:
             if raw is None:
                 raise UnknownChain(chain_id)
-            old = Chain.from_json(raw)
-            out = evolve(Chain.from_json(raw), event, self.clock(), before=old)
-            if out.chain == old:
-                return None, out
-            before, after = self._schedule(old), self._schedule(out.chain)
+            return self._evolve(raw, event, read)
+
+        return optimistic(self.redis, self._key(chain_id), decide)
+
+    def settle(self, video_id: str, change: Callable[[VideoRecord], VideoRecord]) -> Settled:
+        """Apply ``change`` (``archived``, ``lost``) to a video record atomically; when that
+        settles a chain's video, the chain learns it (``VideoSettled``) in the same MULTI."""
+
+        def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Settled]:
+            if raw is None:
+                return None, Settled(None, False)
+            old = VideoRecord.from_json(raw)
+            new = change(old)
+            if new == old:
+                return None, Settled(old, False)
+            told: Writes | None = None
+            out: Outcome | None = None
+            if new.chain_id is not None and new.settled:
+                chain = read(self._key(new.chain_id))
+                if chain is not None:
+                    told, out = self._evolve(chain, VideoSettled.of(new), read)
 
             def writes(pipe: Any) -> None:
-                pipe.set(key, out.chain.to_json())
-                gone = [m for m in before if m not in after]
-                if gone:
-                    pipe.zrem(self._due, *gone)
-                changed = {m: at for m, at in after.items() if before.get(m) != at}
-                if changed:
-                    pipe.zadd(self._due, changed)
+                write(pipe, self.keys, old, new)
+                if told is not None:
+                    told(pipe)
 
-            return writes, out
+            return writes, Settled(new, True, out)
 
-        return optimistic(self.redis, key, decide)
+        return optimistic(self.redis, self.keys.video(video_id), decide)
+
+    def _evolve(self, raw: bytes, event: Event, read: Read) -> tuple[Writes | None, Outcome]:
+        """``event`` on the chain document ``raw``: the writes that commit it, and the outcome.
+
+        Each video the outcome asks to archive gets its pending record in the same writes, so
+        the archive's deadline sweep holds it from the moment the chain does.
+        """
+        old = Chain.from_json(raw)
+        now = self.clock()
+        out = evolve(Chain.from_json(raw), event, now, before=old)
+        if out.chain == old:
+            return None, out
+        records: list[tuple[VideoRecord | None, VideoRecord]] = []
+        for action in out.actions:
+            if isinstance(action, ArchiveVideo):
+                mine = video_record(out.chain, action.video_id, now)
+                found = read(self.keys.video(action.video_id))
+                known = None if found is None else VideoRecord.from_json(found)
+                record = mine if known is None else adopt(known, mine)
+                records.append((known, record))
+                if record.settled:  # archived before the chain learned of it
+                    told = apply(out.chain, VideoSettled.of(record), now)
+                    out = replace(out, chain=told.chain, ended=out.ended or told.ended)
+        chain = out.chain
+        before, after = self._schedule(old), self._schedule(chain)
+
+        def writes(pipe: Any) -> None:
+            pipe.set(self._key(chain.id), chain.to_json())
+            gone = [m for m in before if m not in after]
+            if gone:
+                pipe.zrem(self._due, *gone)
+            changed = {m: at for m, at in after.items() if before.get(m) != at}
+            if changed:
+                pipe.zadd(self._due, changed)
+            for known, record in records:
+                if record != known:
+                    write(pipe, self.keys, known, record)
+
+        return writes, out
 
     def take_due(self, *, now: float, hold: float, limit: int = 500) -> list[Due]:
         """Due work, each item held back for ``hold`` seconds so it is handed out once."""
-        items = self._take_due(keys=[self._due], args=[now, now + hold, limit])
-        return [Due.parse(_text(i)) for i in items]
+        items = [_text(i) for i in self._take_due(keys=[self._due], args=[now, now + hold, limit])]
+        due, stale = [], []
+        for item in items:
+            try:
+                due.append(Due.parse(item))
+            except ValueError:
+                stale.append(item)  # work of a kind no longer owed (an older version's)
+        if stale:
+            log.warning("dropping %d owed item(s) of unknown kinds: %s", len(stale), stale[:5])
+            self.redis.zrem(self._due, *stale)
+        return due
 
     # -- provider tasks and what the provider can do ------------------------------------------
     def claim_task(self, task_id: str, owner: str) -> str:

@@ -2,19 +2,37 @@
 
 Keys (``worker.state.keys``): the record per video, every video by time known, one index
 per state, and the pending ones by ``expires_at`` (the sweep's nearest-deadline-first order).
+``write`` is the one way a record and its indexes are written, here and in the chain
+transitions that register a chain's videos (``worker.state.chains``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 
-from worker.core.videos import VideoRecord, VideoState
-from worker.state import Writes, optimistic
+from worker.core.chain import Chain
+from worker.core.videos import SAFE_ID, VideoRecord, VideoState
+from worker.state import Read, Writes, optimistic
 from worker.state.keys import Keys
+
+
+def write(pipe: Any, keys: Keys, old: VideoRecord | None, new: VideoRecord) -> None:
+    """Queue the writes that store ``new`` over ``old`` (None: a new video), indexes included."""
+    pipe.set(keys.video(new.video_id), new.to_json())
+    if old is None:
+        pipe.zadd(keys.videos, {new.video_id: new.known_at})
+    if old is not None and old.state is not new.state:
+        pipe.zrem(keys.videos_in(old.state.value), new.video_id)
+    if old is None or old.state is not new.state:
+        pipe.zadd(keys.videos_in(new.state.value), {new.video_id: new.known_at})
+    if new.state is VideoState.PENDING:
+        pipe.zadd(keys.videos_by_deadline, {new.video_id: new.expires_at})
+    else:
+        pipe.zrem(keys.videos_by_deadline, new.video_id)
 
 
 class Videos:
@@ -28,31 +46,13 @@ class Videos:
     def _key(self, video_id: str) -> str:
         return self.keys.video(video_id)
 
-    def _index(self, pipe: Any, old: VideoRecord | None, new: VideoRecord) -> None:
-        k = self.keys
-        if old is None:
-            pipe.zadd(k.videos, {new.video_id: new.known_at})
-        if old is not None and old.state is not new.state:
-            pipe.zrem(k.videos_in(old.state.value), new.video_id)
-        if old is None or old.state is not new.state:
-            pipe.zadd(k.videos_in(new.state.value), {new.video_id: new.known_at})
-        if new.state is VideoState.PENDING:
-            pipe.zadd(k.videos_by_deadline, {new.video_id: new.expires_at})
-        else:
-            pipe.zrem(k.videos_by_deadline, new.video_id)
-
     def register(self, record: VideoRecord) -> bool:
         """Remember a video; False (and no change) when it is known already."""
 
-        def decide(raw: bytes | None) -> tuple[Writes | None, bool]:
+        def decide(raw: bytes | None, _: Read) -> tuple[Writes | None, bool]:
             if raw is not None:
                 return None, False
-
-            def writes(pipe: Any) -> None:
-                pipe.set(self._key(record.video_id), record.to_json())
-                self._index(pipe, None, record)
-
-            return writes, True
+            return lambda pipe: write(pipe, self.keys, None, record), True
 
         return optimistic(self.redis, self._key(record.video_id), decide)
 
@@ -71,23 +71,28 @@ class Videos:
     def update(
         self, video_id: str, change: Callable[[VideoRecord], VideoRecord | None]
     ) -> tuple[VideoRecord | None, bool]:
-        """Apply ``change`` atomically. Returns (record after, whether it changed)."""
+        """Apply ``change`` atomically. Returns (record after, whether it changed).
 
-        def decide(raw: bytes | None) -> tuple[Writes | None, tuple[VideoRecord | None, bool]]:
+        A change that archives or loses a chain's video goes through ``Store.settle``
+        instead, which tells the chain in the same transaction."""
+
+        def decide(
+            raw: bytes | None, _: Read
+        ) -> tuple[Writes | None, tuple[VideoRecord | None, bool]]:
             if raw is None:
                 return None, (None, False)
             old = VideoRecord.from_json(raw)
             new = change(old)
             if new is None or new == old:
                 return None, (old, False)
-
-            def writes(pipe: Any) -> None:
-                pipe.set(self._key(video_id), new.to_json())
-                self._index(pipe, old, new)
-
-            return writes, (new, True)
+            return lambda pipe: write(pipe, self.keys, old, new), (new, True)
 
         return optimistic(self.redis, self._key(video_id), decide)
+
+    def of(self, chains: Iterable[Chain]) -> dict[str, VideoRecord]:
+        """The records of these chains' videos (what ``Chain.view`` shows), in one MGET."""
+        ids = [v for chain in chains for v in chain.video_ids if SAFE_ID.match(v)]
+        return {r.video_id: r for r in self._load(ids)}
 
     def by_deadline(self, limit: int) -> list[VideoRecord]:
         """Pending videos, nearest deadline first."""
