@@ -96,6 +96,7 @@ def run(root: Path, *, quick: bool) -> Section:
         "KEY_PREFIX": prefix,
         "CELERY_QUEUE": queue,
         "CALLBACK_SECRET": secret,
+        "API_TOKEN": secrets.token_urlsafe(32),  # the web process will not start without one
         "PUBLIC_URL": f"http://{LOOPBACK}:{web_port}",
     }
     client = redis.Redis.from_url(REDIS_URL)
