@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 import requests
 
@@ -145,6 +150,51 @@ def start_service(
         archive=root / "archive",
         redis=redis.Redis.from_url(redis_url),
         prefix=prefix,
+    )
+
+
+def module_service(name: str, **options: Any) -> Any:
+    """A module-scoped ``svc`` fixture: one service (``start_service(**options)``) per module."""
+
+    @pytest.fixture(scope="module")
+    def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
+        service = start_service(tmp_path_factory.mktemp(name), redis_url, **options)
+        yield service
+        stop_service(service)
+
+    return svc
+
+
+def fresh(service: Service, *, unlearn: bool = False) -> None:
+    """A gateway with no tasks, videos or knobs; ``unlearn``: and a service that has learnt
+    nothing about the provider yet (what its lookups and task list can be trusted with)."""
+    service.fake("POST", "/_fake/reset")
+    learnt = list(service.redis.scan_iter(f"{service.prefix}provider:*")) if unlearn else []
+    if learnt:
+        service.redis.delete(*learnt)
+
+
+def start_chain(service: Service, steps: int = 3, **spec: Any) -> dict[str, Any]:
+    """A chain of ``steps`` extensions of a fresh 5 s video."""
+    seed = service.seed(5.0)
+    body = {"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": steps, **spec}
+    return service.create(body)
+
+
+CLI = [sys.executable, "-m", "chainctl.cli"]
+
+
+def run_cli(
+    service: Service, *args: str, timeout: float = 120, token: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``kling-chain --api <service> ARGS`` as a user runs it, with the service's API token."""
+    return subprocess.run(
+        [*CLI, "--api", service.api, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "API_TOKEN": token or service.env["API_TOKEN"]},
     )
 
 

@@ -2,27 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.support import Service, sha256_file
-
-CLI = [sys.executable, "-m", "chainctl.cli"]
-
-
-def run_cli(
-    service: Service, *args: str, timeout: float = 120, token: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, "--api", service.api, *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "API_TOKEN": token or service.env["API_TOKEN"]},
-    )
+from tests.support import CLI, Service, run_cli, sha256_file
 
 
 def test_cli_extend_wait_shows_progress_and_archive(service: Service) -> None:

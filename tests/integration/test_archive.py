@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +18,7 @@ import standardwebhooks
 
 from chainctl.devstack import find_procfile
 from kling.models import VIDEO_LIFETIME_SECONDS
-from tests.support import Service, sha256_file, start_service, stop_service
+from tests.support import Service, run_cli, sha256_file, start_service, stop_service
 from worker.core.videos import VideoRecord
 from worker.state.videos import Videos
 
@@ -167,24 +164,7 @@ def test_post_archive_and_cli_queue_tasks(svc: Service) -> None:
         timeout=5,
     )
     assert reply.status_code == 202
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "chainctl.cli",
-            "--api",
-            svc.api,
-            "archive",
-            second["task_id"],
-            "--kind",
-            "text2video",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, "API_TOKEN": svc.env["API_TOKEN"]},
-    )
+    done = run_cli(svc, "archive", second["task_id"], "--kind", "text2video", timeout=30)
     assert done.returncode == 0, done.stderr
     for seed in (first, second):
         record = wait_archived(svc, seed["video_id"])

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -17,26 +16,25 @@ import pytest
 import requests
 
 from chainctl.devstack import find_procfile, free_port, wait_http
-from tests.support import FAST, Service, sha256_file, start_service, stop_service
+from tests.support import (
+    FAST,
+    Service,
+    fresh,
+    module_service,
+    sha256_file,
+    start_chain,
+    start_service,
+    stop_service,
+)
 from worker.core import tokens
 
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    service = start_service(tmp_path_factory.mktemp("faults"), redis_url, delay=0.5, **FAST)
-    yield service
-    stop_service(service)
+svc = module_service("faults", delay=0.5, **FAST)
 
 
 @pytest.fixture(autouse=True)
 def _fresh_gateway(request: pytest.FixtureRequest) -> None:
     if "svc" in request.fixturenames:
-        request.getfixturevalue("svc").fake("POST", "/_fake/reset")
-
-
-def start_chain(svc: Service, steps: int = 3) -> dict[str, Any]:
-    seed = svc.seed(5.0)
-    return svc.create({"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": steps})
+        fresh(request.getfixturevalue("svc"))
 
 
 def assert_promise_kept(svc: Service, chain: dict[str, Any], *, steps: int) -> None:

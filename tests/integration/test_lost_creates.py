@@ -8,33 +8,22 @@ settle fails loudly, saying it may have been billed.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.support import FAST, Service, start_service, stop_service
+from tests.support import FAST, Service, fresh, module_service, start_chain
 
-
-@pytest.fixture(scope="module")
-def svc(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[Service]:
-    service = start_service(tmp_path_factory.mktemp("reconcile"), redis_url, delay=0.5, **FAST)
-    yield service
-    stop_service(service)
+svc = module_service("lost-creates", delay=0.5, **FAST)
 
 
 @pytest.fixture(autouse=True)
 def _fresh(svc: Service) -> None:
-    """A fresh gateway, and a service that has learnt nothing about it yet."""
-    svc.fake("POST", "/_fake/reset")
-    learnt = list(svc.redis.scan_iter(f"{svc.prefix}provider:*"))
-    if learnt:
-        svc.redis.delete(*learnt)
+    fresh(svc, unlearn=True)
 
 
 def start(svc: Service, steps: int) -> dict[str, Any]:
-    seed = svc.seed(5.0)
-    return svc.create({"video_id": seed["video_id"], "task_id": seed["task_id"], "steps": steps})
+    return start_chain(svc, steps)
 
 
 def paid_once_each(svc: Service, chain: dict[str, Any]) -> None:

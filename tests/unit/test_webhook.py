@@ -20,25 +20,6 @@ TOKEN = "api-token-" + "x" * 32
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-@pytest.fixture
-def sent(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[Any, ...]]]:
-    return []
-
-
-@pytest.fixture
-def client(monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, tuple[Any, ...]]]) -> TestClient:
-    server = fakeredis.FakeServer()
-    monkeypatch.setattr(
-        webapp.redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server)
-    )
-    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=TOKEN)  # type: ignore[arg-type]
-
-    def send_task(name: str, args: tuple[Any, ...]) -> None:
-        sent.append((name, tuple(args)))
-
-    return TestClient(webapp.create_app(settings, send_task=send_task), headers=AUTH)
-
-
 def callback_path(chain_id: str = "c1", index: int = 0, token: str | None = None) -> str:
     token = token or tokens.sign(SECRET.encode(), chain_id, index)
     return f"/callbacks/{chain_id}/{index}/{token}"
