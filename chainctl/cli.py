@@ -85,6 +85,11 @@ class Api:
         result: dict[str, Any] = self._call("GET", f"/chains/{chain_id}")
         return result
 
+    def command(self, chain_id: str, name: str) -> dict[str, Any]:
+        """``cancel`` or ``resume`` a chain."""
+        result: dict[str, Any] = self._call("POST", f"/chains/{chain_id}/{name}", {})
+        return result
+
     def archive(self, tasks: list[dict[str, str]]) -> dict[str, Any]:
         result: dict[str, Any] = self._call("POST", "/archive", {"tasks": tasks})
         return result
@@ -92,6 +97,10 @@ class Api:
     def archived(self, state: str | None, limit: int) -> dict[str, Any]:
         query = f"?limit={limit}" + (f"&state={state}" if state else "")
         result: dict[str, Any] = self._call("GET", f"/archive{query}")
+        return result
+
+    def spend(self, days: int) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", f"/spend?days={days}")
         return result
 
     def recent(self, limit: int) -> dict[str, Any]:
@@ -123,7 +132,7 @@ def watch(api: Api, chain_id: str, out: TextIO, *, interval: float = 1.0) -> dic
             out.write(("\r\033[K" + line) if tty else line + "\n")
             out.flush()
             shown = line
-        if chain["status"] in ("succeeded", "failed"):
+        if chain["status"] in ("succeeded", "failed", "cancelled"):
             if tty:
                 out.write("\n")
             return chain
@@ -142,6 +151,7 @@ def summary(chain: dict[str, Any]) -> str:
         lines.append(f"  error: {chain['error']}")
     if chain.get("duration") is not None:
         lines.append(f"  duration: {chain['duration']:g} s")
+    lines += units_lines(chain)
     for entry in chain.get("archive", []):
         if entry["status"] == "done":
             lines.append(
@@ -155,6 +165,40 @@ def summary(chain: dict[str, Any]) -> str:
         newest = done[-1]
         lines.append(f"final video: {newest['path']} ({_seconds(newest['duration'])})")
     return "\n".join(lines)
+
+
+def units_lines(chain: dict[str, Any]) -> list[str]:
+    """The chain's reported cost, in all and per step (``unknown`` when not reported)."""
+    steps = chain.get("steps") or []
+    if chain.get("units") is None:
+        billed = any(s.get("task_id") for s in steps)
+        return ["  units: unknown (the provider reported no cost)"] if billed else []
+    note = "" if chain.get("units_complete") else " (not every step reported its cost)"
+    lines = [f"  units: {chain['units']}{note}"]
+    for step in steps:
+        if step.get("task_id"):
+            cost = "unknown" if step.get("units") is None else step["units"]
+            lines.append(f"    step {step['index']} {step['kind']} {step['status']}: {cost}")
+    return lines
+
+
+def _spend(args: argparse.Namespace) -> int:
+    report = Api(args.api).spend(args.days)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    today = report["today"]
+    budget = report.get("budget")
+    against = "no budget set" if budget is None else f"budget {budget}"
+    print(f"today ({today['date']} UTC): {today['units']} units, {against}")
+    if today.get("unpriced_steps"):
+        print(f"  {today['unpriced_steps']} step(s) ended with no reported cost")
+    for chain in today["chains"]:
+        print(f"  chain {chain['id']}: {chain['units']}")
+    for day in report["days"][1:]:
+        print(f"{day['date']}: {day['units']} units")
+    print(f"in all: {report['total']} units")
+    return 0
 
 
 def _extend(args: argparse.Namespace) -> int:
@@ -190,6 +234,19 @@ def _status(args: argparse.Namespace) -> int:
     chain = Api(args.api).get(args.chain_id)
     print(json.dumps(chain, indent=2) if args.json else summary(chain))
     return 0
+
+
+def _command(args: argparse.Namespace) -> int:
+    api = Api(args.api)
+    chain = api.command(args.chain_id, args.command)
+    print(f"chain {chain['id']}: {args.command} accepted, now {chain['status']}")
+    if chain.get("waiting"):
+        print(f"  {chain['waiting']}")
+    if not args.wait:
+        return 0
+    final = watch(api, chain["id"], sys.stdout)
+    print(summary(final))
+    return 0 if final["status"] == ("cancelled" if args.command == "cancel" else "succeeded") else 1
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -256,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the full chain object")
     st.set_defaults(run=_status)
 
+    for name, about in (
+        ("cancel", "stop a chain's spending (a step already paid for is finished and archived)"),
+        ("resume", "take a failed or cancelled chain on with the work that remains"),
+    ):
+        cmd = sub.add_parser(name, help=about)
+        cmd.add_argument("chain_id")
+        cmd.add_argument("--wait", action="store_true", help="show progress until it ends")
+        cmd.set_defaults(run=_command)
+
     ls = sub.add_parser("list", help="recent chains, newest first")
     ls.add_argument("--limit", type=int, default=20)
     ls.set_defaults(run=_list)
@@ -272,6 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--limit", type=int, default=50)
     av.add_argument("--json", action="store_true", help="one JSON object per line")
     av.set_defaults(run=_archived)
+
+    sp = sub.add_parser("spend", help="units the provider reported: today's, per chain, and budget")
+    sp.add_argument("--days", type=int, default=1, help="also show the days before today")
+    sp.add_argument("--json", action="store_true", help="print the full report")
+    sp.set_defaults(run=_spend)
 
     sub.add_parser(
         "fake-gateway", help="run the fake Kling gateway (see --help after it)", add_help=False

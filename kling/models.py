@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, TypeGuard
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from kling.errors import InvalidRequest, MalformedReply, provider_error
 __all__ = [
     "MAX_PROMPT_CHARS",
     "VIDEO_LIFETIME_SECONDS",
+    "BalanceDeduction",
     "ExtendRequest",
     "Task",
     "TaskKind",
@@ -105,11 +107,23 @@ class Video:
 
 
 @dataclass(frozen=True)
+class BalanceDeduction:
+    """``final_balance_deduction``: what a finished task cost an account that pays in money.
+
+    Both parts as the provider sent them (``quota`` and ``list_price``), None when absent.
+    """
+
+    quota: Decimal | None = None
+    list_price: Decimal | None = None
+
+
+@dataclass(frozen=True)
 class Task:
     """A provider task as read from a query reply, a create reply or a callback.
 
     ``videos`` of an extension hold the whole extended video (parent plus new part).
-    Times are Unix milliseconds.
+    Times are Unix milliseconds. ``units`` is ``final_unit_deduction``, what the finished task
+    cost in units; None when the provider does not report it (unknown, not zero).
     """
 
     task_id: str
@@ -120,6 +134,8 @@ class Task:
     videos: tuple[Video, ...] = ()
     parent_video: Video | None = None
     external_task_id: str | None = None
+    units: Decimal | None = None
+    balance_deduction: BalanceDeduction | None = None
 
     @property
     def video(self) -> Video | None:
@@ -236,7 +252,38 @@ def _parse_task_object(obj: Any, where: str) -> Task:
         videos=videos,
         parent_video=parent_video,
         external_task_id=external_task_id or None,
+        units=_amount(obj.get("final_unit_deduction")),
+        balance_deduction=_balance(obj.get("final_balance_deduction")),
     )
+
+
+def _amount(raw: Any) -> Decimal | None:
+    """A non-negative decimal amount from a string or a number, else None (unknown).
+
+    Absent, blank and unreadable values all mean "not reported": a cost is never guessed nor
+    read as zero, and a relay's odd cost field never stops a paid task from being recorded.
+    """
+    value: Decimal | None = None
+    if isinstance(raw, str) and raw.strip():
+        try:
+            value = Decimal(raw.strip())
+        except InvalidOperation:
+            return None
+    elif _is_number(raw):
+        value = Decimal(str(raw))
+    if value is None or not value.is_finite() or value < 0:
+        return None
+    return value
+
+
+def _balance(raw: Any) -> BalanceDeduction | None:
+    """``final_balance_deduction`` (``{quota, list_price}``); None when absent or unreadable."""
+    if not isinstance(raw, Mapping):
+        return None
+    found = BalanceDeduction(
+        quota=_amount(raw.get("quota")), list_price=_amount(raw.get("list_price"))
+    )
+    return None if found == BalanceDeduction() else found
 
 
 def _video(raw: Any, where: str) -> Video:

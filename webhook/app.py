@@ -37,12 +37,13 @@ from kling.models import Task, TaskKind, parse_task
 from webhook.api import ArchiveRequest, ChainRequest, problems
 from worker import wiring
 from worker.core import tokens
-from worker.core.chain import Chain, new_chain
+from worker.core.chain import Cancel, Chain, Resume, SubmitStep, new_chain
 from worker.core.videos import SAFE_ID, VideoRecord, VideoState, at_risk
 from worker.settings import ConfigError, Settings, get_settings
 from worker.state.chains import Store, UnknownChain
+from worker.state.spend import Spend
 from worker.state.videos import Videos
-from worker.tasknames import IMPORT_TASK, REFRESH_STEP, SUBMIT_STEP
+from worker.tasknames import ANNOUNCE_END, IMPORT_TASK, REFRESH_STEP, SUBMIT_STEP
 
 KINDS = frozenset(TaskKind)
 
@@ -52,6 +53,7 @@ MAX_CALLBACK_BYTES = 64 * 1024
 IDEMPOTENCY_TTL = 24 * 3600
 MAX_REQUEST_BYTES = 256 * 1024
 ARCHIVE_DEDUPE_SECONDS = 24 * 3600
+MAX_SPEND_DAYS = 400  # as long as a day's figures are kept
 
 
 def error(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -122,6 +124,7 @@ class Web:
         self.videos = videos
         self.send_task = send_task
         self.secret = settings.secret()
+        self.spend = Spend(store.redis, store.keys)
 
     async def enqueue(self, name: str, *args: Any) -> None:
         await run_in_threadpool(self.send_task, name, args=args)
@@ -185,6 +188,34 @@ class Web:
         except UnknownChain:
             return error(404, "no chain with this id")
         return JSONResponse(view)
+
+    async def cancel_chain(self, request: Request) -> Response:
+        """Stop a chain's spending; a step already paid for is followed to its end."""
+        return await self._command(request, Cancel())
+
+    async def resume_chain(self, request: Request) -> Response:
+        """Take a failed or cancelled chain on with the work that remains."""
+        return await self._command(request, Resume())
+
+    async def _command(self, request: Request, event: Cancel | Resume) -> Response:
+        chain_id = request.path_params["chain_id"]
+        try:
+            out = await run_in_threadpool(self.store.transition, chain_id, event)
+        except UnknownChain:
+            return error(404, "no chain with this id")
+        if out.refused is not None:
+            return error(409, out.refused, chain_status=out.chain.status.value)
+        for action in out.actions:
+            if isinstance(action, SubmitStep):
+                try:
+                    await self.enqueue(SUBMIT_STEP, chain_id, action.index)
+                except OperationalError as exc:  # stored is enough: the sweep submits it
+                    log.warning("chain %s: enqueue failed (%s); the sweep will", chain_id, exc)
+        if out.ended:  # cancelled with nothing in flight: the worker announces it
+            await self.enqueue(ANNOUNCE_END, chain_id)
+        log.info("chain %s: %s accepted", chain_id, type(event).__name__.lower())
+        view = await run_in_threadpool(lambda: out.chain.view(self.videos.of([out.chain])))
+        return JSONResponse(view, status_code=202)
 
     async def list_chains(self, request: Request) -> Response:
         try:
@@ -318,6 +349,24 @@ class Web:
             {kind: tokens.archive_callback_url(base, self.secret, kind) for kind in TaskKind}
         )
 
+    async def get_spend(self, request: Request) -> Response:
+        """Units the provider reported: today's (per chain, most first), the last ``days``
+        UTC days, and in all. There is no daily budget yet: ``budget`` is null."""
+        raw = request.query_params.get("days", "7")
+        if not raw.isdigit() or not 1 <= int(raw) <= MAX_SPEND_DAYS:
+            return error(422, f"days must be a whole number from 1 to {MAX_SPEND_DAYS}")
+        days, total = await run_in_threadpool(
+            lambda: (self.spend.days(int(raw)), self.spend.total())
+        )
+        return JSONResponse(
+            {
+                "today": days[0].as_dict(chains=100),
+                "days": [{k: v for k, v in d.as_dict().items() if k != "chains"} for d in days],
+                "total": total,
+                "budget": None,
+            }
+        )
+
     async def metrics(self, request: Request) -> Response:
         counts = await run_in_threadpool(self.videos.counts)
         pending = await run_in_threadpool(lambda: self.videos.by_deadline(1000))
@@ -326,6 +375,9 @@ class Web:
         lines = ["# TYPE kc_videos gauge"]
         lines += [f'kc_videos{{state="{state}"}} {n}' for state, n in counts.items()]
         lines += ["# TYPE kc_videos_at_risk gauge", f"kc_videos_at_risk {risky}"]
+        total, today = await run_in_threadpool(lambda: (self.spend.total(), self.spend.days(1)))
+        lines += ["# TYPE kc_units_spent_total counter", f"kc_units_spent_total {total}"]
+        lines += ["# TYPE kc_units_spent_today gauge", f"kc_units_spent_today {today[0].units}"]
         return PlainTextResponse("\n".join(lines) + "\n")
 
 
@@ -412,6 +464,8 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             Route("/chains", web.create_chain, methods=["POST"]),
             Route("/chains", web.list_chains, methods=["GET"]),
             Route("/chains/{chain_id}", web.get_chain, methods=["GET"]),
+            Route("/chains/{chain_id}/cancel", web.cancel_chain, methods=["POST"]),
+            Route("/chains/{chain_id}/resume", web.resume_chain, methods=["POST"]),
             Route("/healthz", web.healthz, methods=["GET"]),
             Route("/callbacks/{chain_id}/{index:int}/{token}", web.callback, methods=["POST"]),
             Route("/callbacks/archive/{kind}/{token}", web.archive_callback, methods=["POST"]),
@@ -420,6 +474,7 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             Route("/archive.jsonl", web.export_archive, methods=["GET"]),
             Route("/archive/callback-urls", web.callback_urls, methods=["GET"]),
             Route("/metrics", web.metrics, methods=["GET"]),
+            Route("/spend", web.get_spend, methods=["GET"]),
         ],
         middleware=[Middleware(RequireToken, token=token)],
         exception_handlers={

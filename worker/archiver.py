@@ -309,10 +309,13 @@ class Archiver:
         if not out.ended or self.settings.notify_url is None:
             return
         view = out.chain.view(self.videos.of([out.chain]))
-        kind = (
-            EventType.CHAIN_SUCCEEDED if view["status"] == "succeeded" else EventType.CHAIN_FAILED
-        )
-        event = new_event(kind, view, event_id=event_id(out.chain.id, "end"))
+        kind = {
+            "succeeded": EventType.CHAIN_SUCCEEDED,
+            "cancelled": EventType.CHAIN_CANCELLED,
+        }.get(view["status"], EventType.CHAIN_FAILED)
+        # A resumed chain ends again: each end is an event of its own.
+        again = (out.chain.resumed,) if out.chain.resumed else ()
+        event = new_event(kind, view, event_id=event_id(out.chain.id, "end", *again))
         self.enqueue(NOTIFY, (event.to_dict(),))
 
 

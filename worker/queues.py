@@ -44,5 +44,6 @@ class Queues:
             tasknames.ARCHIVE_VIDEO: self.archive,
             tasknames.IMPORT_TASK: self.imports,
             tasknames.NOTIFY: self.notify,
+            tasknames.ANNOUNCE_END: self.notify,
         }
         return {name: {"queue": queue} for name, queue in queue_of.items()}

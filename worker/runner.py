@@ -33,6 +33,7 @@ from worker.core.chain import (
     Event,
     NeedsAttention,
     Outcome,
+    Release,
     Step,
     StepStatus,
     SubmitFailed,
@@ -180,6 +181,12 @@ class Runner:
                 case NotCreated(how):
                     log.info("step %s/%s: not created (%s); sending it", chain_id, index, how)
 
+        if self.store.get(chain_id).cancelled_at is not None:
+            # Cancelled since the claim: one read narrows the window to the create's own
+            # send; a create already on its way is followed and archived like any paid step.
+            log.info("step %s/%s: chain cancelled before the create; not sent", chain_id, index)
+            self._apply(chain_id, Release(index, owner))
+            return None
         try:
             request = self._request(out.chain, step)
             task = self.provider.create(kind, request)
@@ -419,7 +426,7 @@ class Runner:
             match due.work:
                 case Work.POLL:
                     self.enqueue(REFRESH_STEP, (due.chain_id, due.index))
-                case Work.SUBMIT:
+                case Work.SUBMIT | Work.RECONCILE:  # a cancelled chain's claim only reconciles
                     self.enqueue(SUBMIT_STEP, (due.chain_id, due.index))
         videos = self.archiver.sweep()
         if items or videos:

@@ -9,4 +9,5 @@ REFRESH_STEP = "kc.refresh_step"  # (chain_id, index[, candidate task id]): quer
 IMPORT_TASK = "kc.archive_task"  # (kind, task_id, origin): confirm an outside task, record videos
 ARCHIVE_VIDEO = "kc.archive_video"  # (video_id,): a recorded video, a chain's or not, into storage
 NOTIFY = "kc.notify"  # (event,): POST one signed event
+ANNOUNCE_END = "kc.announce_end"  # (chain_id,): the web ended a chain (a cancel): announce it
 SWEEP = "kc.sweep"  # (): hand out owed work, nearest deadline first

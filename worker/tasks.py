@@ -14,11 +14,20 @@ from worker import wiring
 from worker.archiver import Archiver
 from worker.celery import app
 from worker.core import retry
+from worker.core.chain import ChainStatus, Outcome
 from worker.outbound import notify as notifications
 from worker.runner import Runner
 from worker.settings import get_settings
 from worker.state.chains import UnknownChain
-from worker.tasknames import ARCHIVE_VIDEO, IMPORT_TASK, NOTIFY, REFRESH_STEP, SUBMIT_STEP, SWEEP
+from worker.tasknames import (
+    ANNOUNCE_END,
+    ARCHIVE_VIDEO,
+    IMPORT_TASK,
+    NOTIFY,
+    REFRESH_STEP,
+    SUBMIT_STEP,
+    SWEEP,
+)
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +131,19 @@ def notify(self: Any, event: dict[str, Any]) -> None:
         raise self.retry(countdown=delay) from exc
     else:
         log.info("notification %s (%s) delivered: HTTP %d", e.id, e.type, status)
+
+
+@app.task(bind=True, name=ANNOUNCE_END, max_retries=None)
+def announce_end(self: Any, chain_id: str) -> None:
+    """Announce the end of a chain that the web process ended (a cancel with nothing paid
+    in flight): it builds no events itself. The event id is the end's own, so once."""
+
+    def work() -> None:
+        chain = state().chains.get(chain_id)
+        if chain.status in (ChainStatus.SUCCEEDED, ChainStatus.FAILED, ChainStatus.CANCELLED):
+            archiver().notify_end(Outcome(chain, ended=True))  # not when resumed since
+
+    _run(self, work)
 
 
 @app.task(name=SWEEP)

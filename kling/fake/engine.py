@@ -219,6 +219,8 @@ class Engine:
         if doom.count > 0:
             doom.count -= 1
             task.fail_message = doom.message
+        failing = task.fail_message is not None
+        task.units = self.faults.failed_unit_cost if failing else self.faults.unit_cost
         self._tasks[task_id] = task
         self._pending[task_id] = task
         if external is not None:

@@ -102,6 +102,11 @@ class Faults:
     # extension's result reports only the part it added (~4-5 s; files stay whole); "missing":
     # result videos carry no duration at all.
     result_durations: str = "whole"
+    # What a finished task reports as ``final_unit_deduction`` (a string of units, as the
+    # official API does), fixed when the task is created; null leaves the field out, as
+    # gateways do. A task bound to fail reports ``failed_unit_cost``.
+    unit_cost: str | None = "1"
+    failed_unit_cost: str | None = "0"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -207,6 +212,19 @@ def _rate(name: str, value: object) -> float | None:
     return number
 
 
+def _units(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if math.isfinite(number) and number >= 0 and value.strip() == value and value:
+            return value
+    raise FaultsError(f'{name} must be a string of units >= 0 (e.g. "1", "0.5") or null')
+
+
 _SCHEMA: dict[str, Check | dict[str, Check]] = {
     "callbacks": {
         "drop": _probability,
@@ -231,4 +249,6 @@ _SCHEMA: dict[str, Check | dict[str, Check]] = {
     "download_bytes_per_second": _rate,
     "ranges": _flag,
     "result_durations": _result_durations,
+    "unit_cost": _units,
+    "failed_unit_cost": _units,
 }

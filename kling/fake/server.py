@@ -38,7 +38,8 @@ fault knobs (--faults and /_fake/faults):
   fail_next_tasks {count, message}, cut_next_downloads {count, after_bytes},
   redirect_next_downloads {count, location ("": the same URL), status},
   download_bytes_per_second, ranges, require_parent_task_id, support_external_task_id,
-  result_durations: whole|segment|missing (how result videos report their length)
+  result_durations: whole|segment|missing (how result videos report their length),
+  unit_cost, failed_unit_cost: final_unit_deduction of finished tasks ("1", "0"; null: omitted)
 """
 
 

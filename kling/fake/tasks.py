@@ -72,6 +72,7 @@ class Task:
     parent: Video | None = None  # the video an extension extends
     fail_message: str | None = None  # set when the task is bound to fail
     video: Video | None = None  # the result, once succeeded
+    units: str | None = None  # final_unit_deduction once finished; None: not reported
 
     @property
     def processing_at(self) -> float:
@@ -97,7 +98,7 @@ def render_task(task: Task, base_url: str, *, durations: str = "whole") -> dict[
     if task.external_task_id is not None:
         info["external_task_id"] = task.external_task_id
     videos = [_result(task, task.video, base_url, durations)] if task.video is not None else []
-    return {
+    body: dict[str, Any] = {
         "task_id": task.task_id,
         "task_status": task.status,
         "task_status_msg": task.status_msg,
@@ -106,6 +107,9 @@ def render_task(task: Task, base_url: str, *, durations: str = "whole") -> dict[
         "created_at": millis(task.created_at),
         "updated_at": millis(task.updated_at),
     }
+    if task.is_terminal and task.units is not None:
+        body["final_unit_deduction"] = task.units
+    return body
 
 
 def _result(task: Task, video: Video, base_url: str, durations: str) -> dict[str, str]:

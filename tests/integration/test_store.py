@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
 
 import fakeredis
 import pytest
@@ -14,6 +15,7 @@ from kling.models import Task, TaskStatus, Video
 from worker.core.chain import Claim, Spec, SubmitStep, Submitted, TaskUpdate, Verdict, new_chain
 from worker.core.videos import archived
 from worker.state.chains import Settled, Store, Timing, UnknownChain
+from worker.state.spend import DAY_TTL, Spend, utc_day
 from worker.state.videos import Videos
 
 TIMING = Timing(poll_after=120, submit_lease=60)
@@ -90,6 +92,37 @@ def test_a_chain_video_settles_its_chain_once_across_concurrent_workers(store: S
     chain = store.get("c")
     assert (chain.status.value, chain.settled) == ("succeeded", ["v1"])
     assert videos.by_deadline(10) == []
+
+
+def test_a_step_is_counted_once_in_the_day_however_often_its_end_is_applied(
+    store: Store,
+) -> None:
+    # Given two chains on a step each: one provider task reports 2.5 units, one no cost
+    for chain_id in ("c", "d"):
+        store.create(new_chain(chain_id, Spec(video_id="v", steps=1), 1.0))
+        store.transition(chain_id, Claim(0, "w", 60))
+        store.transition(chain_id, Submitted(0, Task(f"t-{chain_id}", TaskStatus.SUBMITTED)))
+    priced = Task(
+        "t-c",
+        TaskStatus.SUCCEED,
+        videos=(Video("v1", "https://x/v1.mp4", 9.0),),
+        units=Decimal("2.5"),
+    )
+    unpriced = Task("t-d", TaskStatus.SUCCEED, videos=(Video("v2", "https://x/v2.mp4", 9.0),))
+    # When each end is applied twelve times at once, and once more afterwards
+    hammer(12, lambda: store.transition("c", TaskUpdate(0, priced)))
+    hammer(12, lambda: store.transition("d", TaskUpdate(0, unpriced)))
+    store.transition("c", TaskUpdate(0, priced))
+    # Then the day and the all-time counter hold it once, per chain and per kind
+    spend = Spend(store.redis, store.keys)
+    today = spend.days(1)[0]
+    assert today.date == utc_day(store.clock())
+    assert (today.units, today.unpriced, spend.total()) == ("2.5", 1, "2.5")
+    assert today.chains == [("c", "2.5")]
+    assert today.latest == {"video-extend": "2.5"}
+    assert store.get("c").steps[0].units == "2.5"
+    assert store.get("d").steps[0].units is None
+    assert 0 < store.redis.ttl(store.keys.spend_day(today.date)) <= DAY_TTL
 
 
 def test_due_work_is_handed_out_once_across_concurrent_sweeps(store: Store) -> None:

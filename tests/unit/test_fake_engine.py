@@ -502,3 +502,37 @@ def test_parse_range(header: str | None, expected: object) -> None:
             parse_range(header, 100)
     else:
         assert parse_range(header, 100) == expected
+
+
+@pytest.mark.parametrize(
+    ("knobs", "succeeded", "failed"),
+    [
+        ({}, "1", "0"),
+        ({"unit_cost": "2.5", "failed_unit_cost": "1"}, "2.5", "1"),
+        ({"unit_cost": None, "failed_unit_cost": None}, None, None),
+    ],
+)
+def test_finished_tasks_report_the_cost_fixed_when_they_were_created(
+    clock: FakeClock, knobs: dict[str, object], succeeded: str | None, failed: str | None
+) -> None:
+    # Given one task bound to succeed and one bound to fail, made under the cost knobs
+    engine = make_engine(clock, fail_next_tasks={"count": 1}, **knobs)
+    parent = engine.seed_video(10.0)
+    doomed = engine.create("video-extend", {"video_id": parent.video_id}, origin="http://gw")
+    good = engine.create("video-extend", {"video_id": parent.video_id}, origin="http://gw")
+    running = engine.render(good, "http://gw")
+    # When the knobs change before they finish
+    engine.set_faults({"unit_cost": "9", "failed_unit_cost": "9"})
+    clock.now += DELAY
+    engine.tick()
+    # Then each reports its own cost (or none), and nothing while it ran
+    assert "final_unit_deduction" not in running
+    assert engine.render(good, "http://gw").get("final_unit_deduction") == succeeded
+    assert engine.render(doomed, "http://gw").get("final_unit_deduction") == failed
+
+
+def test_a_seeded_video_was_not_billed_and_reports_no_cost(clock: FakeClock) -> None:
+    engine = make_engine(clock)
+    seeded = engine.seed_video(10.0)
+    body = engine.render(engine.find_task("text2video", seeded.task_id), "http://gw")
+    assert "final_unit_deduction" not in body

@@ -276,6 +276,7 @@ def test_event_types_are_the_documented_names() -> None:
     assert [t.value for t in EventType] == [
         "chain.succeeded",
         "chain.failed",
+        "chain.cancelled",
         "video.archived",
         "video.at_risk",
         "video.lost",

@@ -24,6 +24,7 @@ PROCFILE = Path(__file__).resolve().parents[2] / "Procfile"
         (tasknames.ARCHIVE_VIDEO, "kling-chain.archive"),
         (tasknames.IMPORT_TASK, "kling-chain.import"),
         (tasknames.NOTIFY, "kling-chain.notify"),
+        (tasknames.ANNOUNCE_END, "kling-chain.notify"),
     ],
 )
 def test_each_task_waits_in_the_queue_of_its_kind(name: str, queue: str) -> None:

@@ -19,6 +19,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +38,7 @@ class ChainStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
 
 class EndReason(StrEnum):
@@ -109,6 +111,7 @@ class Step:
     first_try_at: float | None = None
     retry_at: float | None = None
     news_at: float | None = None
+    units: str | None = None  # what the provider reports the finished task cost; None: unknown
 
 
 @dataclass
@@ -122,6 +125,8 @@ class Chain:
     end_reason: EndReason | None = None
     error: str | None = None
     waiting: str | None = None
+    cancelled_at: float | None = None  # a cancel was accepted: no create is sent from then on
+    resumed: int = 0  # times it was resumed after failing or being cancelled
 
     # -- derived views -------------------------------------------------------------------
     @property
@@ -138,8 +143,17 @@ class Chain:
         return [s.video_id for s in self.steps if s.video_id is not None]
 
     @property
+    def in_flight(self) -> Step | None:
+        """The step a create may have been sent for and that has not ended, if any."""
+        live = (StepStatus.SUBMITTING, StepStatus.SUBMITTED, StepStatus.PROCESSING)
+        return next((s for s in self.steps if s.status in live), None)
+
+    @property
     def status(self) -> ChainStatus:
         ended = self.end_reason is not None or self.error is not None
+        if self.cancelled_at is not None:  # cancelled once its paid step ended and is archived
+            done = self.in_flight is None and set(self.video_ids) <= set(self.settled)
+            return ChainStatus.CANCELLED if done else ChainStatus.RUNNING
         if ended and set(self.video_ids) <= set(self.settled):
             return ChainStatus.FAILED if self.error is not None else ChainStatus.SUCCEEDED
         if not ended and all(s.first_try_at is None for s in self.steps):
@@ -175,6 +189,8 @@ class Chain:
             end_reason=EndReason(data["end_reason"]) if data["end_reason"] else None,
             error=data["error"],
             waiting=data["waiting"],
+            cancelled_at=data.get("cancelled_at"),
+            resumed=data.get("resumed", 0),
         )
 
     def view(self, records: Mapping[str, VideoRecord]) -> dict[str, Any]:
@@ -184,7 +200,8 @@ class Chain:
             "status": self.status.value,
             "end_reason": self.end_reason.value if self.end_reason else None,
             "error": self.error,
-            "waiting": self.waiting,
+            "waiting": _cancelling(self) if self.cancelled_at is not None else self.waiting,
+            "cancelled_at": self.cancelled_at,
             "duration": self.duration,
             "target_seconds": self.spec.target_seconds,
             "steps_requested": self.spec.steps,
@@ -205,15 +222,37 @@ class Chain:
                     "video_id": s.video_id,
                     "duration": s.duration,
                     "error": s.error,
+                    "units": s.units,
                 }
                 for s in self.steps
             ],
+            **self.units_view(),
             "archive": [
                 archive_entry(s.video_id, s.duration, records.get(s.video_id))
                 for s in self.steps
                 if s.video_id is not None
             ],
         }
+
+    def units_view(self) -> dict[str, Any]:
+        """The chain's cost: ``units``, the sum of its steps' reported costs (None when no
+        step reported one), and ``units_complete``, whether every step sent to the provider
+        reported its cost (False while one is still running or a provider left it out)."""
+        billed = [s for s in self.steps if s.task_id is not None]
+        known = [Decimal(s.units) for s in billed if s.units is not None]
+        return {
+            "units": f"{sum(known, Decimal(0)):f}" if known else None,
+            "units_complete": bool(billed) and len(known) == len(billed),
+        }
+
+
+def _cancelling(chain: Chain) -> str | None:
+    step = chain.in_flight
+    if step is not None:
+        return f"cancelling: following step {step.index} to its end (paid for)"
+    if chain.status is ChainStatus.RUNNING:
+        return "cancelling: archiving the chain's videos"
+    return None
 
 
 def _settled_before(data: dict[str, Any]) -> list[str]:
@@ -438,7 +477,36 @@ class VideoSettled:
         return cls(record.video_id, record.state is VideoState.ARCHIVED, record.error)
 
 
-Event = Claim | Submitted | SubmitRetry | SubmitFailed | NeedsAttention | TaskUpdate | VideoSettled
+@dataclass(frozen=True)
+class Cancel:
+    """The user cancels the chain: no create is sent from now on (``worker.core.control``)."""
+
+
+@dataclass(frozen=True)
+class Resume:
+    """The user resumes a failed or cancelled chain with the work that remains."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """The claimant of step ``index`` found the chain cancelled before sending: not sent."""
+
+    index: int
+    owner: str
+
+
+Event = (
+    Claim
+    | Submitted
+    | SubmitRetry
+    | SubmitFailed
+    | NeedsAttention
+    | TaskUpdate
+    | VideoSettled
+    | Cancel
+    | Resume
+    | Release
+)
 
 
 @dataclass(frozen=True)
@@ -461,7 +529,8 @@ class Outcome:
     chain: Chain
     actions: list[Action] = field(default_factory=list)
     verdict: Verdict = Verdict.SKIP
-    ended: bool = False  # this event is the one that made the chain succeed or fail
+    ended: bool = False  # this event is the one that made the chain succeed, fail or cancel
+    refused: str | None = None  # why a Cancel or Resume cannot be done (the API's 409)
 
 
 def apply(chain: Chain, event: Event, now: float) -> Outcome:
@@ -497,9 +566,17 @@ def evolve(new: Chain, event: Event, now: float, *, before: Chain) -> Outcome:
             _task_update(new, event, now, out)
         case VideoSettled():
             _video_settled(new, event)
+        case Cancel() | Resume():
+            from worker.core.control import command  # the user's, built on the rules here
+
+            out.refused = command(new, event, now, out.actions)
+        case Release():
+            step = new.step(event.index)
+            if step.status is StepStatus.SUBMITTING and step.owner == event.owner:
+                step.status, step.owner, step.claimed_at = StepStatus.PENDING, None, None
     if new != chain:
         new.updated_at = now
-    finished = (ChainStatus.SUCCEEDED, ChainStatus.FAILED)
+    finished = (ChainStatus.SUCCEEDED, ChainStatus.FAILED, ChainStatus.CANCELLED)
     out.ended = chain.status not in finished and new.status in finished
     return out
 
@@ -508,7 +585,7 @@ def _claim(chain: Chain, event: Claim, now: float, out: Outcome) -> None:
     step = chain.step(event.index)
     if chain.error is not None or chain.end_reason is not None:
         return
-    if step.status is StepStatus.PENDING:
+    if step.status is StepStatus.PENDING and chain.cancelled_at is None:
         if step.retry_at is not None and step.retry_at > now:
             return  # backing off; the scheduled retry will come back
         step.status, step.owner, step.claimed_at = StepStatus.SUBMITTING, event.owner, now
@@ -556,6 +633,8 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
     if step.task_id is None or task.task_id != step.task_id or step.status.done:
         return  # unknown, foreign, or already settled: duplicates and stale news stop here
     step.news_at = now
+    if task.status.terminal and task.units is not None:
+        step.units = f"{task.units:f}"  # a failed task may be billed too
     if task.status is TaskStatus.PROCESSING and step.status is StepStatus.SUBMITTED:
         step.status = StepStatus.PROCESSING
     elif task.status is TaskStatus.FAILED:
@@ -590,11 +669,11 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
             reason = end_reason_after(
                 chain.spec, video.duration, _extensions_done(chain), ceiling=chain_ceiling(chain)
             )
-            if reason is not None:
+            if reason is not None and chain.cancelled_at is None:
                 chain.end_reason, chain.waiting = reason, None
         if unsafe is not None:  # never a file name nor a key: lost at once, and no record
             _video_settled(chain, VideoSettled(video.id, archived=False, error=unsafe))
-        if chain.end_reason is None and chain.error is None:
+        if chain.end_reason is None and chain.error is None and chain.cancelled_at is None:
             nxt = _new_extension(chain, video.id, step.task_id)
             chain.steps.append(nxt)
             out.actions.append(SubmitStep(nxt.index))

@@ -17,6 +17,7 @@ from worker.core.chain import Chain, StepStatus
 class Work(StrEnum):
     POLL = "poll"  # query a task that has had no news for a while
     SUBMIT = "submit"  # send (or reconcile) a step's create
+    RECONCILE = "reconcile"  # a cancelled chain's claimed step: look it up, never send it
 
 
 @dataclass(frozen=True)
@@ -49,17 +50,19 @@ def schedule(chain: Chain, *, poll_after: float, submit_lease: float) -> dict[Du
     """
     due: dict[Due, float] = {}
     ended = chain.error is not None or chain.end_reason is not None
+    cancelled = chain.cancelled_at is not None  # owes no create: only what may be paid for
     for step in chain.steps:
         if step.status.active:
             due[Due(Work.POLL, chain.id, str(step.index))] = (
                 step.news_at or chain.updated_at
             ) + poll_after
-        elif not ended and step.status is StepStatus.PENDING:
+        elif not ended and not cancelled and step.status is StepStatus.PENDING:
             due[Due(Work.SUBMIT, chain.id, str(step.index))] = (
                 step.retry_at if step.retry_at is not None else chain.updated_at + submit_lease
             )
         elif not ended and step.status is StepStatus.SUBMITTING:
-            due[Due(Work.SUBMIT, chain.id, str(step.index))] = (
+            work = Work.RECONCILE if cancelled else Work.SUBMIT
+            due[Due(work, chain.id, str(step.index))] = (
                 step.claimed_at or chain.updated_at
             ) + submit_lease
     return due

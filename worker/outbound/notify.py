@@ -74,6 +74,7 @@ _ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 class EventType(StrEnum):
     CHAIN_SUCCEEDED = "chain.succeeded"
     CHAIN_FAILED = "chain.failed"
+    CHAIN_CANCELLED = "chain.cancelled"
     VIDEO_ARCHIVED = "video.archived"
     VIDEO_AT_RISK = "video.at_risk"
     VIDEO_LOST = "video.lost"

@@ -34,7 +34,7 @@ from worker.core.chain import (
 from worker.core.reconcile import Capability
 from worker.core.schedule import Due, schedule
 from worker.core.videos import VideoRecord, adopt
-from worker.state import Read, Writes, optimistic
+from worker.state import Read, Writes, optimistic, spend
 from worker.state.keys import Keys
 from worker.state.videos import write
 
@@ -201,6 +201,7 @@ class Store:
                     out = replace(out, chain=told.chain, ended=out.ended or told.ended)
         chain = out.chain
         before, after = self._schedule(old), self._schedule(chain)
+        ended = spend.newly_settled(old, chain)
 
         def writes(pipe: Any) -> None:
             pipe.set(self._key(chain.id), chain.to_json())
@@ -213,6 +214,7 @@ class Store:
             for known, record in records:
                 if record != known:
                     write(pipe, self.keys, known, record)
+            spend.count(pipe, self.keys, chain, ended, now)
 
         return writes, out
 

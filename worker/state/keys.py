@@ -42,6 +42,18 @@ class Keys:
         """What a provider has been seen to do (``worker.core.reconcile.Capability``)."""
         return f"{self.prefix}provider:{hashlib.sha256(base_url.encode()).hexdigest()[:16]}"
 
+    # -- spend -----------------------------------------------------------------------------
+    def spend_day(self, day: str) -> str:
+        """Hash of one UTC day's reported costs (``worker.state.spend``): micro-units in all
+        (``units``) and per chain (``chain:{id}``), steps without a cost (``unpriced``), the
+        latest cost per task kind (``latest:{kind}``)."""
+        return f"{self.prefix}spend:{day}"
+
+    @property
+    def spend_total(self) -> str:
+        """Micro-units reported since the start: only ever grows (``kc_units_spent_total``)."""
+        return f"{self.prefix}spend:total"
+
     # -- videos ----------------------------------------------------------------------------
     def video(self, video_id: str) -> str:
         """The video record (``worker.core.videos.VideoRecord`` as JSON)."""
