@@ -3,7 +3,8 @@
 
 Benchmarks, in order: ingest (callbacks/s), turnaround (callback -> next create), download
 (archive MiB/s and RSS), scale (100 / 1,000 / 5,000 chains), profile (the worker under
-pyinstrument). Each starts the processes it needs on loopback ports and stops them; Redis keys
+pyinstrument), slots (``KLING_CONCURRENCY`` against an account limited to N tasks). Each
+starts the processes it needs on loopback ports and stops them; Redis keys
 are private to each run (``BENCH_REDIS_URL``, default database 12) and removed afterwards.
 """
 
@@ -19,7 +20,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import download, ingest, profile, scale, turnaround
+from bench import download, ingest, profile, scale, slots, turnaround
 from bench.report import (
     RESULTS,
     Section,
@@ -38,6 +39,7 @@ BENCHES: dict[str, Bench] = {
     "download": download.run,
     "scale": scale.run,
     "profile": profile.run,
+    "slots": slots.run,
 }
 DISTURBED_CORES = 0.3  # other processes used this much CPU on average: rerun
 

@@ -24,10 +24,11 @@ from kling.errors import (
 )
 from kling.models import ExtendRequest, Task, TaskKind, Text2VideoRequest
 from worker.archiver import Archiver
-from worker.core import retry, tokens
+from worker.core import retry, slots, tokens
 from worker.core.chain import (
     Action,
     ArchiveVideo,
+    AwaitSlot,
     Chain,
     Claim,
     Event,
@@ -59,7 +60,8 @@ from worker.core.reconcile import (
 )
 from worker.core.schedule import Work
 from worker.settings import Settings
-from worker.state.chains import Store
+from worker.state.chains import Store, UnknownChain
+from worker.state.slots import Slots
 from worker.tasknames import ARCHIVE_VIDEO, REFRESH_STEP, SUBMIT_STEP
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,10 @@ def describe(exc: KlingError) -> str:
 def step_name(chain_id: str, index: int) -> str:
     """How ``Store.claim_task`` names the step that recorded a task."""
     return f"{chain_id}:{index}"
+
+
+# Events after which a step may no longer hold a provider slot (``Runner._free_slot``).
+_MAY_END_A_HOLD = (TaskUpdate, SubmitRetry, SubmitFailed, NeedsAttention, Release)
 
 
 class LookupFailed(Exception):
@@ -101,8 +107,10 @@ class Runner:
         enqueue: Enqueue,
         archiver: Archiver,
         *,
+        slots: Slots | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.slots = slots
         self.settings = settings
         self.store = store
         self.provider = provider
@@ -187,6 +195,12 @@ class Runner:
             log.info("step %s/%s: chain cancelled before the create; not sent", chain_id, index)
             self._apply(chain_id, Release(index, owner))
             return None
+        if self.slots is not None:
+            slot = self.slots.acquire(chain_id, index, now=self.clock())
+            if not slot.taken:
+                text = slots.waiting_text(slot.in_use, self.slots.limit)
+                self._apply(chain_id, AwaitSlot(index, owner, text))
+                return self.settings.slot_poll_seconds  # unless a release hands one over first
         try:
             request = self._request(out.chain, step)
             task = self.provider.create(kind, request)
@@ -410,7 +424,49 @@ class Runner:
     def _apply(self, chain_id: str, event: Event) -> Outcome:
         out = self.store.transition(chain_id, event)
         self.archiver.notify_end(out)
+        if self.slots is not None and isinstance(event, _MAY_END_A_HOLD):
+            self._free_slot(out.chain, event.index)
         return out
+
+    # -- provider slots (KLING_CONCURRENCY) -----------------------------------------------------
+    def _free_slot(self, chain: Chain, index: int) -> None:
+        """After an event that may end a step's hold: free its slot unless it still holds one
+        (``worker.core.slots.holds``), and hand free slots to the first in line."""
+        assert self.slots is not None
+        status = chain.step(index).status
+        if slots.holds(status):
+            return
+        waiting = status is StepStatus.PENDING and not slots.waiter_stale(chain, index)
+        self._hand_over(self.slots.release(chain.id, index, leave_line=not waiting))
+
+    def _hand_over(self, nexts: list[tuple[str, int]]) -> None:
+        for chain_id, index in nexts:
+            self.enqueue(SUBMIT_STEP, (chain_id, index))
+
+    def sweep_slots(self) -> int:
+        """Take slots from holders whose step no longer holds one, drop waiters that will
+        never be sent, and hand free slots to the first in line again."""
+        if self.slots is None:
+            return 0
+        reclaimed = 0
+        for name, seen in self.slots.holders().items():
+            chain_id, index = slots.parse(name)
+            if slots.holder_stale(self._chain_or_none(chain_id), index):
+                reclaimed += self.slots.reclaim(name, seen)
+        for name in self.slots.waiters():
+            chain_id, index = slots.parse(name)
+            if slots.waiter_stale(self._chain_or_none(chain_id), index):
+                self.slots.forget_waiter(name)
+        if reclaimed:
+            log.warning("slots: reclaimed %d slot(s) whose step no longer holds one", reclaimed)
+        self._hand_over(self.slots.next_up())
+        return reclaimed
+
+    def _chain_or_none(self, chain_id: str) -> Chain | None:
+        try:
+            return self.store.get(chain_id)
+        except UnknownChain:
+            return None
 
     # -- the safety net --------------------------------------------------------------------------
     def sweep(self) -> int:
@@ -428,6 +484,7 @@ class Runner:
                     self.enqueue(REFRESH_STEP, (due.chain_id, due.index))
                 case Work.SUBMIT | Work.RECONCILE:  # a cancelled chain's claim only reconciles
                     self.enqueue(SUBMIT_STEP, (due.chain_id, due.index))
+        self.sweep_slots()
         videos = self.archiver.sweep()
         if items or videos:
             log.info("sweep: enqueued %d owed chain item(s), %d video(s)", len(items), videos)

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     archive_lease_seconds: float = Field(3000.0, gt=0)
     retry_deadline_seconds: float = Field(1800.0, gt=0)
     recheck_after_seconds: float = Field(20.0, ge=0)
+    # At most this many of the account's tasks in flight at once, across every worker
+    # (worker.core.slots); None: no gate. A step waiting for a slot looks again this often.
+    kling_concurrency: int | None = Field(None, ge=1)
+    slot_poll_seconds: float = Field(2.0, gt=0)
 
     notify_url: AnyHttpUrl | None = None
     notify_secret: SecretStr | None = None

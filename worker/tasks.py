@@ -50,7 +50,8 @@ def archiver() -> Archiver:
 @cache
 def runner() -> Runner:
     s = get_settings()
-    return Runner(s, state().chains, s.provider(), enqueue, archiver())
+    slots = wiring.slots(s, state())
+    return Runner(s, state().chains, s.provider(), enqueue, archiver(), slots=slots)
 
 
 def _again(task: Any, delay: float | None) -> None:

@@ -12,6 +12,7 @@ import redis
 
 from worker.settings import Settings
 from worker.state.chains import Store, Timing
+from worker.state.slots import Slots
 from worker.state.videos import Videos
 
 
@@ -43,3 +44,10 @@ def state(settings: Settings) -> State:
         chains=Store(client, prefix=settings.key_prefix, timing=timing(settings)),
         videos=Videos(client, prefix=settings.key_prefix),
     )
+
+
+def slots(settings: Settings, state: State) -> Slots | None:
+    """The provider slots when ``KLING_CONCURRENCY`` is set; None: no gate."""
+    if settings.kling_concurrency is None:
+        return None
+    return Slots(state.redis, prefix=settings.key_prefix, limit=settings.kling_concurrency)

@@ -67,6 +67,8 @@ class Stats:
     creates_by_parent: dict[str, int] = field(default_factory=dict)
     creates_by_kind: dict[str, int] = field(default_factory=dict)
     rejected_creates: int = 0
+    concurrency_refusals: int = 0  # of which 1303 from ``account_concurrency``
+    peak_in_flight: int = 0  # the most tasks submitted or processing at once
     queries: int = 0
     callbacks_sent: int = 0
     callbacks_dropped: int = 0
@@ -179,15 +181,25 @@ class Engine:
             if failure.count > 0:
                 failure.count -= 1
                 raise KlingError(failure.http_status, failure.code, failure.message)
+            limit = self.faults.account_concurrency
+            if limit is not None and self.in_flight() >= limit:
+                self.stats.concurrency_refusals += 1
+                raise KlingError(429, 1303, "parallel task over resource pack limit")
             task = self._admit(parse_create(kind, body), origin)
         except KlingError:
             self.stats.rejected_creates += 1
             raise
+        self.stats.peak_in_flight = max(self.stats.peak_in_flight, self.in_flight())
         self.stats.creates_total += 1
         _bump(self.stats.creates_by_kind, kind)
         if task.parent is not None:
             _bump(self.stats.creates_by_parent, task.parent.video_id)
         return task
+
+    def in_flight(self) -> int:
+        """The account's tasks submitted or processing now: each holds a concurrency slot."""
+        now = self.now()
+        return sum(1 for task in self._pending.values() if now < task.finished_at)
 
     def _admit(self, params: CreateParams, origin: str) -> Task:
         external = params.external_task_id if self.faults.support_external_task_id else None
@@ -354,6 +366,7 @@ class Engine:
         for task in self._tasks.values():
             view["tasks"][task.status] += 1
         view["videos"] = len(self._videos)
+        view["in_flight"] = self.in_flight()
         return view
 
     def _fresh_id(self, prefix: str, taken: dict[str, Any]) -> str:

@@ -107,6 +107,9 @@ class Faults:
     # gateways do. A task bound to fail reports ``failed_unit_cost``.
     unit_cost: str | None = "1"
     failed_unit_cost: str | None = "0"
+    # At most this many of the account's tasks submitted or processing at once; a create past
+    # it is refused with HTTP 429 code 1303, as the provider does. Null: no limit.
+    account_concurrency: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -212,6 +215,15 @@ def _rate(name: str, value: object) -> float | None:
     return number
 
 
+def _limit(name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    number = _count(name, value)
+    if number < 1:
+        raise FaultsError(f"{name} must be an integer >= 1 or null")
+    return number
+
+
 def _units(name: str, value: object) -> str | None:
     if value is None:
         return None
@@ -251,4 +263,5 @@ _SCHEMA: dict[str, Check | dict[str, Check]] = {
     "result_durations": _result_durations,
     "unit_cost": _units,
     "failed_unit_cost": _units,
+    "account_concurrency": _limit,
 }

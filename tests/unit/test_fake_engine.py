@@ -536,3 +536,36 @@ def test_a_seeded_video_was_not_billed_and_reports_no_cost(clock: FakeClock) -> 
     seeded = engine.seed_video(10.0)
     body = engine.render(engine.find_task("text2video", seeded.task_id), "http://gw")
     assert "final_unit_deduction" not in body
+
+
+# -- account concurrency ----------------------------------------------------------------------
+
+
+def test_account_concurrency_refuses_creates_past_the_limit_with_1303(clock: FakeClock) -> None:
+    engine = make_engine(clock, account_concurrency=2)
+    engine.seed_video(5.0, video_id="V", task_id="T")
+    for _ in range(2):
+        engine.create("video-extend", {"video_id": "V"})
+    assert engine.in_flight() == 2
+    error = refused(lambda: engine.create("video-extend", {"video_id": "V"}))
+    assert (error.http_status, error.code) == (429, 1303)
+    assert error.message == "parallel task over resource pack limit"
+    assert engine.stats.rejected_creates == engine.stats.concurrency_refusals == 1
+    assert engine.stats.creates_total == engine.stats.peak_in_flight == 2
+    assert engine.stats_view()["in_flight"] == 2
+    # A task holds its slot until it ends (failure included), whether or not ticked yet.
+    clock.now += DELAY
+    assert engine.in_flight() == 0
+    engine.create("video-extend", {"video_id": "V"})
+    assert engine.stats.creates_total == 3
+
+
+def test_account_concurrency_knob_is_checked() -> None:
+    assert Faults().account_concurrency is None
+    assert Faults().merged({"account_concurrency": 3}).account_concurrency == 3
+    assert Faults().merged({"account_concurrency": 3}).merged({"account_concurrency": None}) == (
+        Faults()
+    )
+    for bad in (0, -1, 1.5, "3", True):
+        with pytest.raises(ValueError, match="account_concurrency"):
+            Faults().merged({"account_concurrency": bad})

@@ -495,6 +495,16 @@ class Release:
     owner: str
 
 
+@dataclass(frozen=True)
+class AwaitSlot:
+    """The claimant of step ``index`` found no provider slot free (``worker.core.slots``):
+    nothing was sent; the claim goes back and the step waits in line, saying so."""
+
+    index: int
+    owner: str
+    waiting: str
+
+
 Event = (
     Claim
     | Submitted
@@ -506,6 +516,7 @@ Event = (
     | Cancel
     | Resume
     | Release
+    | AwaitSlot
 )
 
 
@@ -574,6 +585,15 @@ def evolve(new: Chain, event: Event, now: float, *, before: Chain) -> Outcome:
             step = new.step(event.index)
             if step.status is StepStatus.SUBMITTING and step.owner == event.owner:
                 step.status, step.owner, step.claimed_at = StepStatus.PENDING, None, None
+        case AwaitSlot():
+            step = new.step(event.index)
+            if step.status is StepStatus.SUBMITTING and step.owner == event.owner:
+                step.status, step.owner, step.claimed_at = StepStatus.PENDING, None, None
+                step.retry_at = None  # a slot handed over may be taken at once
+                # Nothing of this step was sent (it held no slot): its retry deadline and
+                # lookup window start when it is sent, not while it waits in line.
+                step.first_try_at = None
+                new.waiting = event.waiting
     if new != chain:
         new.updated_at = now
     finished = (ChainStatus.SUCCEEDED, ChainStatus.FAILED, ChainStatus.CANCELLED)

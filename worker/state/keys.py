@@ -42,6 +42,17 @@ class Keys:
         """What a provider has been seen to do (``worker.core.reconcile.Capability``)."""
         return f"{self.prefix}provider:{hashlib.sha256(base_url.encode()).hexdigest()[:16]}"
 
+    # -- provider slots (``worker.state.slots``) -------------------------------------------
+    @property
+    def slot_holders(self) -> str:
+        """Hash of the steps (``chain:index``) holding a provider slot -> when they took it."""
+        return f"{self.prefix}slots:holders"
+
+    @property
+    def slot_waiters(self) -> str:
+        """Sorted set of the steps waiting for a slot, by the time they first asked."""
+        return f"{self.prefix}slots:waiters"
+
     # -- spend -----------------------------------------------------------------------------
     def spend_day(self, day: str) -> str:
         """Hash of one UTC day's reported costs (``worker.state.spend``): micro-units in all
