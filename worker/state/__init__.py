@@ -12,6 +12,16 @@ from typing import Any, TypeVar
 import redis
 
 T = TypeVar("T")
+
+# KEYS: a hash. ARGV: field, value seen. Deletes the field unless it changed since it was
+# read: how a sweep takes away what looked stale (a slot, a budget reservation) without
+# taking it from a step that took it again meanwhile.
+HDEL_IF_SEEN = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
 Writes = Callable[[Any], None]  # queues commands on the MULTI pipeline
 Read = Callable[[str], bytes | None]  # WATCH one more key and read it
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import redis
 
 from worker.core.slots import member, parse
+from worker.state import HDEL_IF_SEEN
 from worker.state.keys import Keys
 
 # KEYS: holders, waiters. ARGV: member, limit, now. A holder keeps its slot; otherwise the
@@ -43,15 +44,6 @@ if free <= 0 then return {} end
 return redis.call('ZRANGE', KEYS[2], 0, free - 1)
 """
 
-# KEYS: holders. ARGV: member, value seen. Takes a stale holder away unless it took its
-# slot again since the sweep looked.
-_RECLAIM = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  return redis.call('HDEL', KEYS[1], ARGV[1])
-end
-return 0
-"""
-
 
 @dataclass(frozen=True)
 class Acquired:
@@ -68,7 +60,7 @@ class Slots:
         self.limit = limit
         self._acquire = client.register_script(_ACQUIRE)
         self._release = client.register_script(_RELEASE)
-        self._reclaim = client.register_script(_RECLAIM)
+        self._reclaim = client.register_script(HDEL_IF_SEEN)
 
     def _keys(self) -> list[str]:
         return [self.keys.slot_holders, self.keys.slot_waiters]

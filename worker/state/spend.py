@@ -12,31 +12,20 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 import redis
 
+from worker.core.budget import from_micro, to_micro
 from worker.core.chain import Chain, Step
 from worker.state.keys import Keys
 
 DAY_TTL = 400 * 24 * 3600  # a day's figures are kept a little over a year
-MICRO = Decimal(1_000_000)
 
 
 def utc_day(at: float) -> str:
     """``YYYY-MM-DD`` of a Unix time, in UTC."""
     return dt.datetime.fromtimestamp(at, dt.UTC).date().isoformat()
-
-
-def to_micro(units: str) -> int:
-    return int((Decimal(units) * MICRO).to_integral_value())
-
-
-def from_micro(micro: int) -> str:
-    """Micro-units as a plain decimal string: ``2``, ``0.5``."""
-    value = (Decimal(micro) / MICRO).normalize()
-    return f"{value:f}"
 
 
 def newly_settled(old: Chain, new: Chain) -> list[Step]:
@@ -63,6 +52,7 @@ def count(pipe: Any, keys: Keys, chain: Chain, steps: list[Step], now: float) ->
         pipe.hincrby(key, "units", micro)
         pipe.hincrby(key, f"chain:{chain.id}", micro)
         pipe.hset(key, f"latest:{step.kind}", step.units)
+        pipe.hset(keys.spend_latest, step.kind, step.units)
         pipe.incrby(keys.spend_total, micro)
     pipe.expire(key, DAY_TTL)
 
