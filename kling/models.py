@@ -2,13 +2,15 @@
 
 Everything here is pure: no network, no clock. ``parse_task`` reads both the query reply
 (``{"code", "message", "request_id", "data": {...}}``) and the bare task object that the
-official API POSTs to a ``callback_url``.
+official API POSTs to a ``callback_url``, in its legacy shape and in the newer one: where a
+legacy body reports a finished task's cost as ``final_unit_deduction`` and
+``final_balance_deduction``, the newer one sends a ``billing`` list instead (see `_billing`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from enum import StrEnum
@@ -122,8 +124,9 @@ class Task:
     """A provider task as read from a query reply, a create reply or a callback.
 
     ``videos`` of an extension hold the whole extended video (parent plus new part).
-    Times are Unix milliseconds. ``units`` is ``final_unit_deduction``, what the finished task
-    cost in units; None when the provider does not report it (unknown, not zero).
+    Times are Unix milliseconds. ``units`` is ``final_unit_deduction`` (or, in a newer body,
+    what its ``billing`` list took from resource packs), what the finished task cost in units;
+    None when the provider does not report it (unknown, not zero).
     """
 
     task_id: str
@@ -239,6 +242,11 @@ def _parse_task_object(obj: Any, where: str) -> Task:
         _video(item, f"{where}.task_result.videos[{i}]") for i, item in enumerate(raw_videos)
     )
 
+    units = _amount(obj.get("final_unit_deduction"))
+    balance = _balance(obj.get("final_balance_deduction"))
+    if "final_unit_deduction" not in obj and "final_balance_deduction" not in obj:
+        units, balance = _billing(obj.get("billing"))
+
     external_task_id = _optional_str(info, "external_task_id", f"{where}.task_info")
     if external_task_id is None:  # some gateways put it beside task_id
         external_task_id = _optional_str(obj, "external_task_id", where)
@@ -252,8 +260,8 @@ def _parse_task_object(obj: Any, where: str) -> Task:
         videos=videos,
         parent_video=parent_video,
         external_task_id=external_task_id or None,
-        units=_amount(obj.get("final_unit_deduction")),
-        balance_deduction=_balance(obj.get("final_balance_deduction")),
+        units=units,
+        balance_deduction=balance,
     )
 
 
@@ -284,6 +292,48 @@ def _balance(raw: Any) -> BalanceDeduction | None:
         quota=_amount(raw.get("quota")), list_price=_amount(raw.get("list_price"))
     )
     return None if found == BalanceDeduction() else found
+
+
+def _billing(raw: Any) -> tuple[Decimal | None, BalanceDeduction | None]:
+    """The cost in a newer body's ``billing`` list: ``(units, balance_deduction)``.
+
+    Each entry is ``{charge_type, amount, currency, package_type, list_price}``. One naming a
+    ``package_type`` was paid from a resource pack: its ``amount`` is units. One without was
+    paid from the account's money: ``amount`` and ``list_price`` are read as
+    ``final_balance_deduction``'s ``quota`` and ``list_price``. Amounts of one kind are
+    summed; a kind with an unreadable amount (or money in more than one currency) is unknown
+    (None), as is a missing, empty or malformed list: a cost is never guessed.
+    """
+    if not isinstance(raw, list) or not raw:
+        return None, None
+    entries = [entry for entry in raw if isinstance(entry, Mapping)]
+    if len(entries) != len(raw):
+        return None, None
+    packs: list[Mapping[str, Any]] = []
+    money: list[Mapping[str, Any]] = []
+    for entry in entries:
+        pack = entry.get("package_type")
+        (packs if isinstance(pack, str) and pack.strip() else money).append(entry)
+    units = _sum(e.get("amount") for e in packs) if packs else None
+    balance = None
+    currencies = {str(e.get("currency") or "") for e in money}
+    if money and len(currencies) == 1:
+        quota = _sum(e.get("amount") for e in money)
+        list_price = _sum(e.get("list_price") for e in money)
+        found = BalanceDeduction(quota=quota, list_price=list_price)
+        balance = None if found == BalanceDeduction() else found
+    return units, balance
+
+
+def _sum(raws: Iterable[Any]) -> Decimal | None:
+    """The sum of amounts (see `_amount`), None when any one of them is unknown."""
+    total = Decimal(0)
+    for raw in raws:
+        value = _amount(raw)
+        if value is None:
+            return None
+        total += value
+    return total
 
 
 def _video(raw: Any, where: str) -> Video:
