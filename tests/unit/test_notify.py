@@ -274,6 +274,7 @@ def test_signing_with_a_bad_secret_fails_before_any_network() -> None:
 
 def test_event_types_are_the_documented_names() -> None:
     assert [t.value for t in EventType] == [
+        "chain.step_succeeded",
         "chain.succeeded",
         "chain.failed",
         "chain.cancelled",

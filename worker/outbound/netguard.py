@@ -26,8 +26,10 @@ import ipaddress
 import re
 import socket
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -45,6 +47,7 @@ __all__ = [
     "guarded_session",
     "is_guarded",
     "refusal",
+    "url_refusal",
 ]
 
 ENV_NAME = "ALLOW_PRIVATE_HOSTS"
@@ -243,6 +246,50 @@ def refusal(host: str, address: IPAddress, allow: AllowList) -> str | None:
     name = _normal_host(host)
     shown = str(address) if name == str(address) else f"{name} ({address})"
     return f"refusing to connect to {shown}, a {kind}; list it in {ENV_NAME} to allow it"
+
+
+Resolver = Callable[..., Sequence[tuple[Any, ...]]]
+"""``socket.getaddrinfo`` or a stand-in with its signature (tests)."""
+
+
+def url_refusal(url: str, allow: AllowList, *, resolve: Resolver | None = None) -> str | None:
+    """Why `url`'s host may not be given as a destination, or None when it may.
+
+    For a URL someone else supplies (a chain's ``webhook_url``), checked when it is given: an
+    IP literal is judged as it is; a name is resolved, and refused when *any* of its
+    addresses is internal and not allowed (the connection would skip such addresses, but a
+    name that points inside at all is not one to accept), or when it does not resolve.
+    Blocking (a DNS lookup). The connection is checked again when it is made
+    (`guarded_session`), since the name may resolve differently by then.
+    """
+    try:
+        parts = urlsplit(url)
+        host, port = parts.hostname, parts.port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    if not host:
+        return "the URL has no host"
+    try:
+        literal: IPAddress | None = _parse_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        return refusal(host, literal, allow)
+    lookup = resolve if resolve is not None else socket.getaddrinfo
+    default = 443 if parts.scheme.lower() == "https" else 80
+    try:
+        found = lookup(host, port or default, 0, socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        return f"the host {host} could not be resolved ({why})"
+    addresses = sorted({str(sockaddr[0]) for *_, sockaddr in found})
+    if not addresses:
+        return f"the host {host} resolved to no address"
+    for text in addresses:
+        problem = refusal(host, _parse_address(text), allow)
+        if problem is not None:
+            return problem
+    return None
 
 
 # -- the shell: connections that apply the policy ----------------------------------------------

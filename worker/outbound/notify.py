@@ -1,12 +1,15 @@
 """Outbound notifications: events POSTed to ``NOTIFY_URL``, signed per Standard Webhooks.
 
-When a chain ends, a video is archived, or a video is about to be lost (or is lost), the
-service sends an `Event` to the operator's endpoint. The request carries the three headers
-of the Standard Webhooks specification (https://www.standardwebhooks.com):
+When a chain's step succeeds, a chain ends, a video is archived, or a video is about to be
+lost (or is lost), the service sends an `Event` to the operator's endpoint, and an event
+about a chain to the chain's own ``webhook_url`` too (which goes where:
+``worker.core.webhooks.destinations``). The request carries the three headers of the
+Standard Webhooks specification (https://www.standardwebhooks.com):
 
 - ``webhook-id``: the event's id. It stays the same on every retry, so receivers can use it
   as an idempotency key; callers pass a deterministic id (`event_id`) so that a redelivered
-  task sends the same id again.
+  task sends the same id again. The same event sent to two destinations carries the same
+  id at both: it identifies the message, not the delivery.
 - ``webhook-timestamp``: the time of *this attempt*, in unix seconds. A retry is signed anew,
   because receivers reject timestamps more than five minutes from their clock.
 - ``webhook-signature``: ``v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`` computed by
@@ -32,13 +35,13 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from math import floor
 from typing import Any
 
 import requests
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from worker.core.webhooks import EventType
 from worker.outbound.netguard import AllowList, DestinationRefused, guarded_session
 from worker.outbound.urls import display, http_problem
 
@@ -69,15 +72,6 @@ USER_AGENT = "kling-chain-notify/1"
 
 _ID = re.compile(r"[A-Za-z0-9_-]{1,200}")
 """What an event id may hold. No ".": the signed content is ``{id}.{timestamp}.{body}``."""
-
-
-class EventType(StrEnum):
-    CHAIN_SUCCEEDED = "chain.succeeded"
-    CHAIN_FAILED = "chain.failed"
-    CHAIN_CANCELLED = "chain.cancelled"
-    VIDEO_ARCHIVED = "video.archived"
-    VIDEO_AT_RISK = "video.at_risk"
-    VIDEO_LOST = "video.lost"
 
 
 class DeliveryError(Exception):
