@@ -42,6 +42,7 @@ class Queues:
             # polls a quiet one: it must not wait behind downloads either.
             tasknames.SWEEP: self.steps,
             tasknames.ARCHIVE_VIDEO: self.archive,
+            tasknames.SUPERSEDE: self.archive,  # storage work, after the downloads it follows
             tasknames.IMPORT_TASK: self.imports,
             tasknames.NOTIFY: self.notify,
             tasknames.ANNOUNCE_END: self.notify,

@@ -310,3 +310,31 @@ def test_open_storage_explains_a_bad_url(
     with pytest.raises(ValueError, match="ARCHIVE_URL") as caught:
         open_storage(archive_url=url, archive_dir=tmp_path, client=s3)
     assert advice in str(caught.value)
+
+
+# -- size and delete (ARCHIVE_KEEP=final) --------------------------------------------------------
+
+
+def test_size_location_and_delete(s3: S3Client, bucket: str, storage: S3Storage) -> None:
+    upload = storage.open("v1.mp4")
+    write_in_pieces(upload, BIG)  # a multipart object
+    where = upload.commit(size=len(BIG))
+    storage.write_json("v1.json", {"video_id": "v1"})
+    assert storage.location("v1.mp4") == where == f"s3://{bucket}/archive/v1.mp4"
+    assert storage.size("v1.mp4") == len(BIG)
+    assert storage.size("v2.mp4") is None
+    assert storage.delete("v1.mp4") is True
+    assert storage.size("v1.mp4") is None
+    assert keys(s3, bucket) == ["archive/v1.json"]  # only what was named
+    # A repeat, or a name never stored, changes nothing
+    assert storage.delete("v1.mp4") is False
+    assert storage.delete("never.mp4") is False
+    assert keys(s3, bucket) == ["archive/v1.json"]
+
+
+def test_in_a_missing_bucket_nothing_is_there_to_delete(s3: S3Client) -> None:
+    # HEAD answers a bare 404 for a missing bucket as for a missing key: the final video of a
+    # chain then reads as missing, and a prune deletes nothing.
+    storage = S3Storage("no-such-bucket-here", "", s3)
+    assert storage.size("v1.mp4") is None
+    assert storage.delete("v1.mp4") is False

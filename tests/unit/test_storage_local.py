@@ -346,3 +346,31 @@ def test_file_url_means_that_directory(tmp_path: Path) -> None:
 
     assert isinstance(storage, LocalStorage)
     assert storage.directory == tmp_path / "b c"
+
+
+# -- size and delete (ARCHIVE_KEEP=final) --------------------------------------------------------
+
+
+def test_size_location_and_delete(storage: LocalStorage, disk_events: list[str]) -> None:
+    upload = storage.open("v1.mp4")
+    upload.write(DATA)
+    where = upload.commit(size=len(DATA))
+    assert storage.location("v1.mp4") == where
+    assert storage.size("v1.mp4") == len(DATA)
+    assert storage.size("v2.mp4") is None
+    disk_events.clear()
+    assert storage.delete("v1.mp4") is True
+    assert disk_events == ["fsync-dir"]  # the unlink survives a crash
+    assert storage.size("v1.mp4") is None
+    assert listing(storage.directory) == []
+    # A repeat, or a name never stored, changes nothing
+    assert storage.delete("v1.mp4") is False
+    assert storage.delete("never.mp4") is False
+
+
+def test_delete_refuses_names_that_are_not_plain_file_names(storage: LocalStorage) -> None:
+    for name in ("../v1.mp4", ".v1.mp4.abc.part", "a/b.mp4"):
+        with pytest.raises(ValueError, match="object name"):
+            storage.delete(name)
+        with pytest.raises(ValueError, match="object name"):
+            storage.size(name)

@@ -3,7 +3,10 @@
 A video is known when a chain made it, when a callback from any of the account's tasks named
 it, or when someone asked for its task to be archived. Each record carries ``expires_at``
 (the provider deletes videos 30 days after they were made) and moves, only forward, from
-``pending`` to ``archived`` or ``lost``. The record is the only archive state there is: a
+``pending`` to ``archived`` or ``lost``; with ``ARCHIVE_KEEP=final`` an archived video that a
+chain's final video contains moves on to ``superseding`` (its file is being deleted) and
+``superseded`` (deleted; the record stays, with its sha256, as the proof of what was made).
+The record is the only archive state there is: a
 chain names its videos by id, is told when each one settles, and shows each record as one of
 its archive entries (``archive_entry``).
 
@@ -34,6 +37,8 @@ class VideoState(StrEnum):
     PENDING = "pending"
     ARCHIVED = "archived"
     LOST = "lost"
+    SUPERSEDING = "superseding"  # archived, and its file is being deleted (ARCHIVE_KEEP=final)
+    SUPERSEDED = "superseded"  # its file was deleted: the chain's final video contains it
 
 
 class ArchiveStatus(StrEnum):
@@ -42,12 +47,15 @@ class ArchiveStatus(StrEnum):
     PENDING = "pending"
     DONE = "done"
     FAILED = "failed"
+    SUPERSEDED = "superseded"
 
 
 ARCHIVE_STATUS = {
     VideoState.PENDING: ArchiveStatus.PENDING,
     VideoState.ARCHIVED: ArchiveStatus.DONE,
     VideoState.LOST: ArchiveStatus.FAILED,
+    VideoState.SUPERSEDING: ArchiveStatus.SUPERSEDED,
+    VideoState.SUPERSEDED: ArchiveStatus.SUPERSEDED,
 }
 
 
@@ -79,6 +87,8 @@ class VideoRecord:
     claimed_at: float | None = None
     queued_at: float | None = None
     warned: bool = False
+    superseded_by: str | None = None  # the chain's final video, which contains this one
+    superseded_at: float | None = None  # when its file was deleted
 
     @property
     def expires_at(self) -> float:
@@ -135,6 +145,8 @@ class VideoRecord:
             "archived_at": self.archived_at,
             "at_risk": at_risk(self, now, warn_window),
             "error": self.error,
+            "superseded_by": self.superseded_by,
+            "superseded_at": self.superseded_at,
         }
 
 
@@ -232,3 +244,20 @@ def lost(record: VideoRecord, reason: str) -> VideoRecord:
     if record.state is not VideoState.PENDING:
         return record
     return replace(record, state=VideoState.LOST, error=reason, owner=None, claimed_at=None)
+
+
+def superseding(record: VideoRecord, final_id: str) -> VideoRecord:
+    """An archived video about to have its file deleted because ``final_id`` contains it.
+
+    Marked before the deletion, so no record ever names a file that may be gone as archived;
+    a deletion cut short is finished by running it again."""
+    if record.state is not VideoState.ARCHIVED:
+        return record
+    return replace(record, state=VideoState.SUPERSEDING, superseded_by=final_id)
+
+
+def superseded(record: VideoRecord, now: float) -> VideoRecord:
+    """The file is deleted: the record stays (id, bytes, sha256, what superseded it, when)."""
+    if record.state is not VideoState.SUPERSEDING:
+        return record
+    return replace(record, state=VideoState.SUPERSEDED, location=None, superseded_at=now)

@@ -8,7 +8,9 @@ A ``Storage`` opens an ``Upload`` per object. The caller writes the bytes in ord
 ``rewind`` to byte 0 (a server that cannot resume), and ends with ``commit`` (verified, then
 visible under the final name in one step) or ``abort`` (nothing remains). A reader never sees
 a partial object under its final name. The upload hashes what it holds (``sha256``), so the
-caller hashes nothing itself. ``open_storage`` picks the backend from the settings.
+caller hashes nothing itself. ``size`` and ``delete`` serve ``ARCHIVE_KEEP=final``, which
+deletes the files a chain's final video supersedes. ``open_storage`` picks the backend from
+the settings.
 """
 
 from __future__ import annotations
@@ -77,6 +79,19 @@ class Storage(Protocol):
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> str:
         """Write ``data`` as a JSON object ``name`` atomically; return its location."""
+        ...
+
+    def location(self, name: str) -> str:
+        """Where the object ``name`` is kept: what ``commit`` and ``write_json`` return."""
+        ...
+
+    def size(self, name: str) -> int | None:
+        """The bytes the object ``name`` holds now, or None when there is no such object."""
+        ...
+
+    def delete(self, name: str) -> bool:
+        """Remove the object ``name``; False when there was none. Safe to repeat: deleting
+        what is gone changes nothing."""
         ...
 
 

@@ -149,3 +149,23 @@ class LocalStorage:
         path = self.directory / check_name(name)
         write_json_atomic(path, data)
         return str(path)
+
+    def location(self, name: str) -> str:
+        return str(self.directory / check_name(name))
+
+    def size(self, name: str) -> int | None:
+        path = self.directory / check_name(name)
+        try:
+            return path.stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def delete(self, name: str) -> bool:
+        """Unlink the file and sync the directory, so the deletion survives a crash."""
+        path = self.directory / check_name(name)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return False
+        _fsync_dir(self.directory)
+        return True

@@ -402,3 +402,27 @@ class S3Storage:
                 ContentType="application/json",
             )
         return location
+
+    def location(self, name: str) -> str:
+        return f"s3://{self.bucket}/{self.key(name)}"
+
+    def size(self, name: str) -> int | None:
+        key = self.key(name)
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _is_not_found(exc):
+                return None
+            raise storage_error(exc, f"looking up {self.location(name)}") from exc
+        except BotoCoreError as exc:
+            raise storage_error(exc, f"looking up {self.location(name)}") from exc
+        return head["ContentLength"]
+
+    def delete(self, name: str) -> bool:
+        """Delete the object. S3 answers a delete of a missing key with success too, so it is
+        looked up first to tell the two apart (a bucket with versioning keeps a version)."""
+        if self.size(name) is None:
+            return False
+        with _s3_errors(f"deleting {self.location(name)}"):
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(name))
+        return True
