@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
-import time
-import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
-import requests
-
+from chainctl.client import (
+    CREATE_ATTEMPTS,
+    RETRY_PAUSE,
+    ApiError,
+    ArchivePage,
+    ArchiveQueued,
+    Budget,
+    Chain,
+    ChainPage,
+    Client,
+    ClientError,
+    Spend,
+    TransportError,
+)
 from kling.models import TaskKind
 
 DEFAULT_API = f"http://127.0.0.1:{os.environ.get('PORT', '8000')}"
-CREATE_ATTEMPTS = 3  # a create that timed out is sent again with the same Idempotency-Key
-RETRY_PAUSE = 1.0  # seconds before the second attempt; twice that before the third
 
 
 class CliError(Exception):
@@ -24,180 +34,198 @@ class CliError(Exception):
 
 
 class Api:
+    """The service as the commands see it: the client, with the CLI's create retries (told
+    on stderr) and its errors as ``CliError`` messages."""
+
     def __init__(self, base: str, timeout: float = 10.0, token: str | None = None) -> None:
         self.base = base.rstrip("/")
-        self.timeout = timeout
-        token = token if token is not None else os.environ.get("API_TOKEN")
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = Client(
+            self.base,
+            token=token,
+            timeout=timeout,
+            create_attempts=CREATE_ATTEMPTS,  # a lost reply: asked again with the same key
+            retry_pause=RETRY_PAUSE,
+            on_retry=_asking_again,
+            key_prefix="cli-",
+        )
 
-    def _call(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> Any:
-        url = f"{self.base}{path}"
+    @contextlib.contextmanager
+    def _told(self) -> Iterator[None]:
+        """The client's errors as messages a user can act on."""
         try:
-            reply = requests.request(
-                method,
-                url,
-                json=body,
-                timeout=self.timeout,
-                headers={**self.headers, **(headers or {})},
-            )
-        except requests.RequestException as exc:
+            yield
+        except TransportError as exc:
             raise CliError(
-                f"cannot reach the service at {self.base} ({type(exc).__name__}); "
-                "is the web process running? (--api or KLING_CHAIN_API)"
+                f"{exc}; is the web process running? (--api or KLING_CHAIN_API)"
             ) from exc
-        try:
-            data = reply.json()
-        except ValueError:
-            data = {"error": reply.text[:200]}
-        if reply.status_code >= 400:
-            details = "".join(
-                f"\n  {d.get('field') or 'request'}: {d.get('message')}"
-                for d in data.get("details", [])
-            )
-            raise CliError(
-                f"{data.get('error', 'request failed')} (HTTP {reply.status_code}){details}"
-            )
-        return data
+        except ApiError as exc:
+            raise CliError(str(exc)) from exc
+        except ClientError as exc:
+            raise CliError(f"unexpected reply from the service at {self.base}: {exc}") from exc
 
-    def create(self, body: dict[str, Any], *, key: str | None = None) -> dict[str, Any]:
+    def create(self, body: Mapping[str, Any], *, key: str | None = None) -> Chain:
         """Start a chain. The Idempotency-Key makes a retry after a lost reply return the
         chain the first attempt started, never a second paid one."""
-        headers = {"Idempotency-Key": key or f"cli-{uuid.uuid4()}"}
-        for attempt in range(1, CREATE_ATTEMPTS):
-            try:
-                first: dict[str, Any] = self._call("POST", "/chains", body, headers)
-                return first
-            except CliError as exc:
-                if not isinstance(exc.__cause__, requests.Timeout | requests.ConnectionError):
-                    raise
-                print(
-                    f"kling-chain: no reply ({type(exc.__cause__).__name__}); asking again "
-                    f"with the same Idempotency-Key {headers['Idempotency-Key']}",
-                    file=sys.stderr,
-                )
-                time.sleep(RETRY_PAUSE * attempt)
-        last: dict[str, Any] = self._call("POST", "/chains", body, headers)
-        return last
+        with self._told():
+            return self.client.create(body, idempotency_key=key)
 
-    def get(self, chain_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/chains/{chain_id}")
-        return result
+    def get(self, chain_id: str) -> Chain:
+        with self._told():
+            return self.client.get(chain_id)
 
-    def command(self, chain_id: str, name: str) -> dict[str, Any]:
+    def command(self, chain_id: str, name: str) -> Chain:
         """``cancel`` or ``resume`` a chain."""
-        result: dict[str, Any] = self._call("POST", f"/chains/{chain_id}/{name}", {})
-        return result
+        with self._told():
+            if name == "cancel":
+                return self.client.cancel(chain_id)
+            return self.client.resume(chain_id)
 
-    def archive(self, tasks: list[dict[str, str]]) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("POST", "/archive", {"tasks": tasks})
-        return result
+    def wait(self, chain_id: str, out: TextIO, *, interval: float) -> Chain:
+        with self._told():
+            return self.client.wait(chain_id, on_progress=Progress(out), poll_seconds=interval)
 
-    def archived(self, state: str | None, limit: int) -> dict[str, Any]:
-        query = f"?limit={limit}" + (f"&state={state}" if state else "")
-        result: dict[str, Any] = self._call("GET", f"/archive{query}")
-        return result
+    def archive(self, task_ids: list[str], kind: str) -> ArchiveQueued:
+        with self._told():
+            return self.client.archive(task_ids, kind=kind)
 
-    def spend(self, days: int) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/spend?days={days}")
-        return result
+    def archived(self, state: str | None, limit: int) -> ArchivePage:
+        with self._told():
+            return self.client.archived(state=state, limit=limit)
 
-    def recent(self, limit: int) -> dict[str, Any]:
-        result: dict[str, Any] = self._call("GET", f"/chains?limit={limit}")
-        return result
+    def spend(self, days: int) -> Spend:
+        with self._told():
+            return self.client.spend(days)
+
+    def set_budget(self, units: str | None) -> Budget | None:
+        with self._told():
+            return self.client.set_budget(units)
+
+    def recent(self, limit: int) -> ChainPage:
+        with self._told():
+            return self.client.list(limit=limit)
 
 
-def progress_line(chain: dict[str, Any], width: int = 30) -> str:
+def _asking_again(exc: ClientError, key: str) -> None:
+    why = exc.reason if isinstance(exc, TransportError) else f"HTTP {getattr(exc, 'status', '?')}"
+    print(
+        f"kling-chain: no reply ({why}); asking again with the same Idempotency-Key {key}",
+        file=sys.stderr,
+    )
+
+
+def progress_line(chain: Chain, width: int = 30) -> str:
     """``[#####-----] 15.3 / 30 s  step 3 processing`` for a chain view."""
-    duration = chain.get("duration") or 0.0
-    target = chain.get("target_seconds") or 180.0
+    duration = chain.duration or 0.0
+    target = chain.target_seconds or 180.0
     filled = min(width, int(width * duration / target)) if target else 0
     bar = "#" * filled + "-" * (width - filled)
-    steps = chain.get("steps") or []
-    last = steps[-1] if steps else None
-    where = f"step {last['index']} {last['status']}" if last else chain["status"]
-    note = f"  ({chain['waiting']})" if chain.get("waiting") else ""
+    last = chain.steps[-1] if chain.steps else None
+    where = f"step {last.index} {last.status}" if last else chain.status
+    note = f"  ({chain.waiting})" if chain.waiting else ""
     return f"[{bar}] {duration:5.1f} / {target:g} s  {where}{note}"
 
 
-def watch(api: Api, chain_id: str, out: TextIO, *, interval: float = 1.0) -> dict[str, Any]:
-    """Show progress until the chain ends; returns the final chain view."""
-    tty = out.isatty()
-    shown = ""
-    while True:
-        chain = api.get(chain_id)
+class Progress:
+    """Shows a chain's progress line each time it changes: redrawn in place on a terminal,
+    one line per change otherwise. The client's ``wait`` calls it with each new view."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.shown = ""
+
+    def __call__(self, chain: Chain) -> None:
         line = progress_line(chain)
-        if line != shown:
-            out.write(("\r\033[K" + line) if tty else line + "\n")
-            out.flush()
-            shown = line
-        if chain["status"] in ("succeeded", "failed", "cancelled"):
-            if tty:
-                out.write("\n")
-            return chain
-        time.sleep(interval)
+        if line != self.shown:
+            self.out.write(("\r\033[K" + line) if self.tty else line + "\n")
+            self.shown = line
+        if self.tty and chain.terminal:
+            self.out.write("\n")
+        self.out.flush()
+
+
+def watch(api: Api, chain_id: str, out: TextIO, *, interval: float = 1.0) -> Chain:
+    """Show progress until the chain ends; returns the final chain view."""
+    return api.wait(chain_id, out, interval=interval)
 
 
 def _seconds(value: float | None) -> str:
     return "length unknown" if value is None else f"{value:g} s"
 
 
-def summary(chain: dict[str, Any]) -> str:
-    lines = [f"chain {chain['id']}: {chain['status']}"]
-    if chain.get("end_reason"):
-        lines[0] += f" ({chain['end_reason']})"
-    if chain.get("error"):
-        lines.append(f"  error: {chain['error']}")
-    if chain.get("duration") is not None:
-        lines.append(f"  duration: {chain['duration']:g} s")
+def summary(chain: Chain) -> str:
+    lines = [f"chain {chain.id}: {chain.status}"]
+    if chain.end_reason:
+        lines[0] += f" ({chain.end_reason})"
+    if chain.error:
+        lines.append(f"  error: {chain.error}")
+    if chain.duration is not None:
+        lines.append(f"  duration: {chain.duration:g} s")
     lines += units_lines(chain)
-    for entry in chain.get("archive", []):
-        if entry["status"] == "done":
+    for entry in chain.archive:
+        if entry.status == "done":
             lines.append(
-                f"  archived {entry['video_id']} ({_seconds(entry['duration'])}, "
-                f"{entry['bytes']} bytes) -> {entry['path']}"
+                f"  archived {entry.video_id} ({_seconds(entry.duration)}, "
+                f"{entry.bytes} bytes) -> {entry.path}"
             )
         else:
-            lines.append(f"  {entry['status']} {entry['video_id']}: {entry.get('error') or ''}")
-    done = [e for e in chain.get("archive", []) if e["status"] == "done"]
+            lines.append(f"  {entry.status} {entry.video_id}: {entry.error or ''}")
+    done = [e for e in chain.archive if e.status == "done"]
     if done:
         newest = done[-1]
-        lines.append(f"final video: {newest['path']} ({_seconds(newest['duration'])})")
+        lines.append(f"final video: {newest.path} ({_seconds(newest.duration)})")
     return "\n".join(lines)
 
 
-def units_lines(chain: dict[str, Any]) -> list[str]:
+def units_lines(chain: Chain) -> list[str]:
     """The chain's reported cost, in all and per step (``unknown`` when not reported)."""
-    steps = chain.get("steps") or []
-    if chain.get("units") is None:
-        billed = any(s.get("task_id") for s in steps)
+    if chain.units is None:
+        billed = any(s.task_id for s in chain.steps)
         return ["  units: unknown (the provider reported no cost)"] if billed else []
-    note = "" if chain.get("units_complete") else " (not every step reported its cost)"
-    lines = [f"  units: {chain['units']}{note}"]
-    for step in steps:
-        if step.get("task_id"):
-            cost = "unknown" if step.get("units") is None else step["units"]
-            lines.append(f"    step {step['index']} {step['kind']} {step['status']}: {cost}")
+    note = "" if chain.units_complete else " (not every step reported its cost)"
+    lines = [f"  units: {chain.units}{note}"]
+    for step in chain.steps:
+        if step.task_id:
+            cost = "unknown" if step.units is None else step.units
+            lines.append(f"    step {step.index} {step.kind} {step.status}: {cost}")
     return lines
+
+
+def _budget_line(budget: Budget | None) -> str:
+    if budget is None:
+        return "no budget set"
+    source = "" if budget.source == "DAILY_UNIT_BUDGET" else ", set through the API"
+    return (
+        f"budget: {budget.daily_units} units a day{source}: {budget.spent} spent, "
+        f"{budget.reserved} reserved, {budget.remaining} left; resets at {budget.resets_at}"
+    )
+
+
+def _budget(args: argparse.Namespace) -> int:
+    api = Api(args.api)
+    if args.units is None:
+        budget = api.spend(1).budget
+    else:
+        budget = api.set_budget(None if args.units in ("off", "none") else args.units)
+    print(_budget_line(budget))
+    return 0
 
 
 def _spend(args: argparse.Namespace) -> int:
     report = Api(args.api).spend(args.days)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.raw, indent=2))
         return 0
-    today = report["today"]
-    budget = report.get("budget")
-    against = "no budget set" if budget is None else f"budget {budget}"
-    print(f"today ({today['date']} UTC): {today['units']} units, {against}")
-    if today.get("unpriced_steps"):
-        print(f"  {today['unpriced_steps']} step(s) ended with no reported cost")
-    for chain in today["chains"]:
-        print(f"  chain {chain['id']}: {chain['units']}")
-    for day in report["days"][1:]:
-        print(f"{day['date']}: {day['units']} units")
-    print(f"in all: {report['total']} units")
+    today = report.today
+    budget = report.budget
+    print(f"today ({today.date} UTC): {today.units} units, {_budget_line(budget)}")
+    if today.unpriced_steps:
+        print(f"  {today.unpriced_steps} step(s) ended with no reported cost")
+    for chain in today.chains:
+        print(f"  chain {chain.id}: {chain.units}")
+    for day in report.days[1:]:
+        print(f"{day.date}: {day.units} units")
+    print(f"in all: {report.total} units")
     return 0
 
 
@@ -209,7 +237,7 @@ def _extend(args: argparse.Namespace) -> int:
         body["video_id"] = args.video_id
     if args.text:
         body["text_prompt"] = args.text
-    for key in ("task_id", "negative_prompt", "cfg_scale", "source_duration", "steps"):
+    for key in ("task_id", "negative_prompt", "cfg_scale", "source_duration", "steps", "max_units"):
         if getattr(args, key) is not None:
             body[key] = getattr(args, key)
     if args.to is not None:
@@ -221,59 +249,59 @@ def _extend(args: argparse.Namespace) -> int:
             body["prompts"] = args.prompt
     api = Api(args.api)
     chain = api.create(body, key=args.idempotency_key)
-    print(f"chain {chain['id']} queued")
+    print(f"chain {chain.id} queued")
     if not args.wait:
-        print(f"follow it with: kling-chain status {chain['id']}")
+        print(f"follow it with: kling-chain status {chain.id}")
         return 0
-    final = watch(api, chain["id"], sys.stdout)
+    final = watch(api, chain.id, sys.stdout)
     print(summary(final))
-    return 0 if final["status"] == "succeeded" else 1
+    return 0 if final.status == "succeeded" else 1
 
 
 def _status(args: argparse.Namespace) -> int:
     chain = Api(args.api).get(args.chain_id)
-    print(json.dumps(chain, indent=2) if args.json else summary(chain))
+    print(json.dumps(chain.raw, indent=2) if args.json else summary(chain))
     return 0
 
 
 def _command(args: argparse.Namespace) -> int:
     api = Api(args.api)
     chain = api.command(args.chain_id, args.command)
-    print(f"chain {chain['id']}: {args.command} accepted, now {chain['status']}")
-    if chain.get("waiting"):
-        print(f"  {chain['waiting']}")
+    print(f"chain {chain.id}: {args.command} accepted, now {chain.status}")
+    if chain.waiting:
+        print(f"  {chain.waiting}")
     if not args.wait:
         return 0
-    final = watch(api, chain["id"], sys.stdout)
+    final = watch(api, chain.id, sys.stdout)
     print(summary(final))
-    return 0 if final["status"] == ("cancelled" if args.command == "cancel" else "succeeded") else 1
+    return 0 if final.status == ("cancelled" if args.command == "cancel" else "succeeded") else 1
 
 
 def _list(args: argparse.Namespace) -> int:
-    for chain in Api(args.api).recent(args.limit)["chains"]:
-        print(f"{chain['id']}  {chain['status']:<9}  {progress_line(chain, width=10)}")
+    for chain in Api(args.api).recent(args.limit).chains:
+        print(f"{chain.id}  {chain.status:<9}  {progress_line(chain, width=10)}")
     return 0
 
 
 def _archive(args: argparse.Namespace) -> int:
-    queued = Api(args.api).archive([{"task_id": t, "kind": args.kind} for t in args.task_ids])
-    for task in queued["queued"]:
-        print(f"queued {task['kind']} task {task['task_id']} for archiving")
+    queued = Api(args.api).archive(args.task_ids, args.kind)
+    for task in queued.queued:
+        print(f"queued {task.kind} task {task.task_id} for archiving")
     return 0
 
 
 def _archived(args: argparse.Namespace) -> int:
     page = Api(args.api).archived(args.state, args.limit)
     if args.json:
-        for video in page["videos"]:
-            print(json.dumps(video))
+        for video in page.videos:
+            print(json.dumps(video.raw))
         return 0
-    counts = ", ".join(f"{n} {state}" for state, n in page["counts"].items())
+    counts = ", ".join(f"{n} {state}" for state, n in page.counts.items())
     print(f"videos: {counts}")
-    for v in page["videos"]:
-        risk = "  AT RISK" if v["at_risk"] else ""
-        where = v["location"] or v["error"] or ""
-        print(f"{v['video_id']}  {v['state']:<8}  {v['kind']:<12} {where}{risk}")
+    for v in page.videos:
+        risk = "  AT RISK" if v.at_risk else ""
+        where = v.location or v.error or ""
+        print(f"{v.video_id}  {v.state:<8}  {v.kind:<12} {where}{risk}")
     return 0
 
 
@@ -299,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     ext.add_argument("--negative-prompt")
     ext.add_argument("--cfg-scale", type=float)
     ext.add_argument("--source-duration", type=float, help="length of VIDEO_ID, if known")
+    ext.add_argument(
+        "--max-units", metavar="UNITS", help="the most the chain may spend (provider units)"
+    )
     ext.add_argument("--wait", action="store_true", help="show progress until the chain ends")
     ext.add_argument(
         "--idempotency-key",
@@ -334,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     ar.set_defaults(run=_archive)
 
     av = sub.add_parser("archived", help="the archive's manifest, newest first")
-    av.add_argument("--state", choices=["pending", "archived", "lost"])
+    av.add_argument("--state", choices=["pending", "archived", "lost", "superseding", "superseded"])
     av.add_argument("--limit", type=int, default=50)
     av.add_argument("--json", action="store_true", help="one JSON object per line")
     av.set_defaults(run=_archived)
@@ -343,6 +374,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--days", type=int, default=1, help="also show the days before today")
     sp.add_argument("--json", action="store_true", help="print the full report")
     sp.set_defaults(run=_spend)
+
+    bp = sub.add_parser(
+        "budget", help="show the daily unit budget, or set it for every process at once"
+    )
+    bp.add_argument(
+        "units", nargs="?", help="units per UTC day; off: back to DAILY_UNIT_BUDGET (or none)"
+    )
+    bp.set_defaults(run=_budget)
 
     sub.add_parser(
         "fake-gateway", help="run the fake Kling gateway (see --help after it)", add_help=False
