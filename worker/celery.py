@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+from typing import IO, Any
+
 from celery import Celery
 from kombu.entity import Exchange, Queue
 
+from worker import logs
 from worker.queues import Queues
 from worker.settings import get_settings
 from worker.tasknames import SWEEP
@@ -52,3 +59,56 @@ app.conf.update(
         "sweep": {"task": SWEEP, "schedule": settings.sweep_seconds},
     },
 )
+
+
+def _json_logs(app: Celery) -> None:
+    """LOG_FORMAT=json (worker.logs): every line the worker and beat print is a JSON object.
+
+    The root logger writes JSON from the start, the handlers Celery adds later get the JSON
+    formatter once it has set them up, its banners are left out (the same facts are logged),
+    and the shutdown notes it writes to the terminal itself become JSON lines too.
+    """
+    import celery.apps.worker
+    from celery import signals
+    from celery._state import get_current_task
+
+    service = "beat" if "beat" in sys.argv[1:] else "worker"
+
+    def running_task() -> dict[str, Any]:
+        task = get_current_task()
+        if task is None or task.request.id is None:
+            return {}
+        return {"celery_task": task.name, "celery_task_id": task.request.id}
+
+    def json_handlers(logger: logging.Logger, **_: Any) -> None:
+        formatter = logs.use_json(service, loggers=("multiprocessing",), context=running_task)
+        for handler in logger.handlers:
+            handler.setFormatter(formatter)
+
+    def quiet_worker(instance: Any, **_: Any) -> None:
+        instance.quiet = True
+
+    def say(msg: str, f: IO[str] | None = sys.__stderr__) -> None:
+        # Called from signal handlers, like Celery's own: one os.write, no buffered stream.
+        line = logs.json_line(service, msg.strip(), logger="celery.apps.worker") + "\n"
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.write((f or sys.__stderr__).fileno(), line.encode())  # type: ignore[union-attr]
+
+    # From now on, also for what is logged (and warned) before Celery sets up its logging:
+    # Celery keeps a root logger that has a handler.
+    logs.use_json(service, context=running_task, replace=False)
+    signals.after_setup_logger.connect(json_handlers, weak=False)
+    signals.after_setup_task_logger.connect(json_handlers, weak=False)
+    signals.celeryd_init.connect(quiet_worker, weak=False)
+    celery.apps.worker.safe_say = say
+    loud: Any = app.Beat
+
+    class QuietBeat(loud):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "quiet": True})
+
+    app.Beat = QuietBeat
+
+
+if settings.log_format == "json":
+    _json_logs(app)

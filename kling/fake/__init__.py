@@ -2,7 +2,8 @@
 
 It serves text2video, image2video and video-extend tasks (bare paths and behind a
 ``/kling`` gateway prefix), moves them through submitted, processing and succeed on a
-timer, sends callbacks, serves deterministic video files with byte ranges, and can be told
+timer, sends callbacks, serves video files with byte ranges (playable MP4 test patterns, or
+stable random bytes of a known size: ``kling.fake.mp4``, ``kling.fake.content``), and can be told
 to misbehave (lost replies, dropped callbacks, broken downloads...) through ``/_fake``.
 Run it with ``python -m kling.fake``; see ``kling.fake.server`` for the options.
 """

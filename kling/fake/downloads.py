@@ -22,11 +22,26 @@ VIDEO_MEDIA_TYPE = "video/mp4"
 
 
 class VideoFileResponse(Response):
-    """A video's bytes: the whole file, a single range (206), or 416."""
+    """A video's bytes: the whole file, a single range (206), or 416.
 
-    def __init__(self, engine: Engine, video: Video, size: int, range_header: str | None) -> None:
+    The bytes are ``content`` when given (an encoded file of ``size`` bytes), else the video's
+    random bytes (``video_bytes``).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        video: Video,
+        size: int,
+        range_header: str | None,
+        *,
+        content: bytes | None = None,
+    ) -> None:
+        if content is not None and len(content) != size:
+            raise ValueError(f"content is {len(content)} bytes, not {size}")
         self._engine = engine
         self._video_id = video.video_id
+        self._content = content
         headers = {"content-type": VIDEO_MEDIA_TYPE, "etag": f'"{video.video_id}-{size}"'}
         self._start, self._end = 0, size
         status = 200
@@ -63,7 +78,7 @@ class VideoFileResponse(Response):
         loop = asyncio.get_running_loop()
         began, sent = loop.time(), 0
         try:
-            for piece in _pieces(video_bytes(self._video_id, self._start, self._end), piece_size):
+            for piece in _pieces(self._chunks(), piece_size):
                 if limit is not None and sent + len(piece) > limit:
                     piece = piece[: limit - sent]
                 if piece:
@@ -81,6 +96,15 @@ class VideoFileResponse(Response):
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             watcher.cancel()
+
+    def _chunks(self) -> Iterator[bytes]:
+        if self._content is None:
+            return video_bytes(self._video_id, self._start, self._end)
+        view = memoryview(self._content)
+        return (
+            bytes(view[offset : min(offset + BLOCK_SIZE, self._end)])
+            for offset in range(self._start, self._end, BLOCK_SIZE)
+        )
 
 
 class LostReplyResponse(JSONResponse):
