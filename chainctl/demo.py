@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
 import requests
 
@@ -25,6 +26,12 @@ The same service against a real provider and a real Redis (see README, "Configur
   honcho start        # or any Procfile runner: web, worker and beat
   kling-chain extend VIDEO_ID --task-id TASK_ID --to 30 --wait
 """
+
+
+def dashboard_url(api: str, env: dict[str, str]) -> str:
+    """The dashboard with the demo's token in the fragment, which never reaches the server
+    (the page moves it to the tab's session storage and drops it from the address bar)."""
+    return f"{api.rstrip('/')}/#token={quote(env['API_TOKEN'], safe='')}"
 
 
 def run_demo(*, target: float, delay: float, archive_dir: str) -> int:
@@ -49,6 +56,7 @@ def run_demo(*, target: float, delay: float, archive_dir: str) -> int:
                 f"demo: web, worker and beat running (Procfile); API at {local.api}"
                 f" with API_TOKEN={local.env['API_TOKEN']}"
             )
+            print(f"demo: watch it in the dashboard: {dashboard_url(local.api, local.env)}")
             seed = requests.post(
                 f"{local.gateway}/_fake/videos", json={"duration": 5.0}, timeout=5
             ).json()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -86,6 +87,7 @@ def test_demo_command_runs_end_to_end_without_redis_installed(tmp_path: Path) ->
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "embedded Redis" in done.stdout
+    assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/#token=[A-Za-z0-9_-]{32,}\n", done.stdout)
     assert "succeeded (target_reached)" in done.stdout
     final = done.stdout[done.stdout.index("final video: ") :].splitlines()[0]
     path = Path(final.removeprefix("final video: ").rsplit(" (", 1)[0])

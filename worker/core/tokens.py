@@ -44,3 +44,24 @@ def verify_archive(secret: bytes, kind: str, token: str) -> bool:
 
 def archive_callback_url(public_base: str, secret: bytes, kind: str) -> str:
     return f"{public_base}/callbacks/archive/{kind}/{sign_archive(secret, kind)}"
+
+
+# -- links to archived files ----------------------------------------------------------------
+# A ``<video>`` element cannot send the API's bearer header, so the API hands out a link that
+# carries its own short-lived signature instead (``/files/{video_id}?expires=..&sig=..``).
+
+
+def _file_key(secret: bytes) -> bytes:
+    """A key of its own for file links, derived from ``CALLBACK_SECRET``."""
+    return hmac.new(secret, b"kling-chain file links", hashlib.sha256).digest()
+
+
+def sign_file(secret: bytes, video_id: str, expires: int) -> str:
+    """The signature of a link to ``video_id``'s archived file, good until ``expires``."""
+    digest = hmac.new(_file_key(secret), f"file:{video_id}:{expires}".encode(), hashlib.sha256)
+    return base64.urlsafe_b64encode(digest.digest()).decode().rstrip("=")
+
+
+def verify_file(secret: bytes, video_id: str, expires: int, sig: str, now: float) -> bool:
+    """Constant-time check of a file link's signature; False once it has expired."""
+    return _same(sign_file(secret, video_id, expires), sig) and now < expires
