@@ -3,7 +3,8 @@
 
 Benchmarks, in order: ingest (callbacks/s), turnaround (callback -> next create), download
 (archive MiB/s and RSS), scale (100 / 1,000 / 5,000 chains), profile (the worker under
-pyinstrument), slots (``KLING_CONCURRENCY`` against an account limited to N tasks). Each
+pyinstrument), slots (``KLING_CONCURRENCY`` against an account limited to N tasks), polling
+(adaptive polling against a fixed 5 s poller, callbacks lost). Each
 starts the processes it needs on loopback ports and stops them; Redis keys
 are private to each run (``BENCH_REDIS_URL``, default database 12) and removed afterwards.
 """
@@ -20,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import download, ingest, profile, scale, slots, turnaround
+from bench import download, ingest, polling, profile, scale, slots, turnaround
 from bench.report import (
     RESULTS,
     Section,
@@ -40,6 +41,7 @@ BENCHES: dict[str, Bench] = {
     "scale": scale.run,
     "profile": profile.run,
     "slots": slots.run,
+    "polling": polling.run,
 }
 DISTURBED_CORES = 0.3  # other processes used this much CPU on average: rerun
 

@@ -292,26 +292,53 @@ def table(sections: Sequence[Section]) -> str:
 def write_results(
     path: Path, facts: dict[str, Any], sections: Sequence[Section], *, mode: str
 ) -> None:
-    figures = [f for s in sections for f in s.figures]
+    """Write this run's sections into ``path``, keeping the sections (and their figures) of
+    earlier runs that this one did not run: ``--only NAME`` replaces NAME's figures alone.
+    Each section records when it ran and in which mode."""
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    ran = {s.name for s in sections}
+    kept_figures: list[dict[str, Any]] = []
+    kept_sections: dict[str, Any] = {}
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        earlier = {}
+    if isinstance(earlier, dict):
+        for name, section in (earlier.get("sections") or {}).items():
+            if name not in ran and isinstance(section, dict):
+                section.setdefault("timestamp", earlier.get("timestamp"))
+                section.setdefault("mode", earlier.get("mode"))
+                kept_sections[name] = section
+        kept_figures = [
+            f
+            for f in earlier.get("figures") or []
+            if isinstance(f, dict) and f.get("bench") in kept_sections
+        ]
+    figures = kept_figures + [f.as_dict() for s in sections for f in s.figures]
     data = {
-        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        "timestamp": now,
         "mode": mode,
         "machine": facts,
-        "figures": [f.as_dict() for f in figures],
+        "figures": figures,
         "goals": {
-            "met": sum(1 for f in figures if f.met is True),
-            "missed": sum(1 for f in figures if f.met is False),
+            "met": sum(1 for f in figures if f.get("met") is True),
+            "missed": sum(1 for f in figures if f.get("met") is False),
         },
         "sections": {
-            s.name: {
-                "seconds": round(s.seconds, 1),
-                "foreign_cores": s.foreign_cores,
-                "steal_cores": s.steal_cores,
-                "cpu_speed_ms": s.cpu_speed_ms,
-                "error": s.error,
-                "details": s.details,
-            }
-            for s in sections
+            **kept_sections,
+            **{
+                s.name: {
+                    "timestamp": now,
+                    "mode": mode,
+                    "seconds": round(s.seconds, 1),
+                    "foreign_cores": s.foreign_cores,
+                    "steal_cores": s.steal_cores,
+                    "cpu_speed_ms": s.cpu_speed_ms,
+                    "error": s.error,
+                    "details": s.details,
+                }
+                for s in sections
+            },
         },
     }
     temp = path.with_suffix(".json.tmp")

@@ -153,7 +153,8 @@ def test_unknown_chain_is_404_and_listing_is_newest_first(service: Service) -> N
 def test_healthz_reports_redis(service: Service) -> None:
     reply = service.http.get(f"{service.api}/healthz", timeout=5)
     assert reply.status_code == 200
-    assert reply.json() == {"redis": True}
+    assert reply.json()["redis"] is True
+    assert set(reply.json()["callbacks"]) == {"reachable", "reason", "last_seen_at"}
 
 
 def test_healthz_is_503_when_redis_is_down(tmp_path: Path) -> None:
