@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kling.models import MAX_PROMPT_CHARS, TaskKind
+from worker.core import webhooks
 from worker.core.chain import MAX_STEP_SECONDS, MAX_TOTAL_SECONDS, Spec
 
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")]
 Prompt = Annotated[str, Field(max_length=MAX_PROMPT_CHARS)]
+Units = Annotated[
+    Decimal, Field(gt=0, max_digits=18, decimal_places=6, allow_inf_nan=False)
+]  # the provider's units, as a JSON number or a decimal string ("12.5")
 MAX_STEPS = 60
 
 
@@ -28,6 +33,37 @@ class ChainRequest(BaseModel):
     target_seconds: Annotated[float, Field(gt=0, le=MAX_TOTAL_SECONDS)] | None = None
     steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] | None = None
     prompts: Annotated[list[Prompt], Field(max_length=MAX_STEPS)] | None = None
+    # Per-chain webhooks (worker.core.webhooks); the address check needs DNS: webhook.app.
+    webhook_url: str | None = None
+    webhook_events: Annotated[list[str], Field(max_length=20)] | None = None
+    metadata: dict[str, Any] | None = None
+    max_units: Units | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        problem = None if value is None else webhooks.webhook_url_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("webhook_events")
+    @classmethod
+    def _webhook_events(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        problem = webhooks.events_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return list(dict.fromkeys(value))  # repeats once, in the order given
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        problem = None if value is None else webhooks.metadata_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> ChainRequest:
@@ -37,6 +73,8 @@ class ChainRequest(BaseModel):
             raise ValueError("task_id and source_duration belong to video_id chains")
         if self.target_seconds is None and self.steps is None and not self.prompts:
             raise ValueError("give target_seconds (up to 180) or steps (at least 1)")
+        if self.webhook_events is not None and self.webhook_url is None:
+            raise ValueError("webhook_events filters the events sent to webhook_url: give both")
         if self.prompts and self.steps is not None and len(self.prompts) > self.steps:
             raise ValueError(f"prompts has {len(self.prompts)} entries but steps is {self.steps}")
         start = self.source_duration if self.video_id else float(self.text_duration)
@@ -68,6 +106,10 @@ class ChainRequest(BaseModel):
             prompts=list(self.prompts or []),
             target_seconds=self.target_seconds,
             steps=steps,
+            webhook_url=self.webhook_url,
+            webhook_events=self.webhook_events,
+            metadata=self.metadata,
+            max_units=None if self.max_units is None else f"{self.max_units.normalize():f}",
         )
 
 
@@ -84,6 +126,14 @@ class ArchiveRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tasks: Annotated[list[ArchiveTask], Field(min_length=1, max_length=500)]
+
+
+class BudgetRequest(BaseModel):
+    """``PUT /spend/budget``: the account's daily units (null: back to DAILY_UNIT_BUDGET)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    daily_units: Units | None
 
 
 def problems(exc: ValidationError) -> list[dict[str, Any]]:

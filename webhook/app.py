@@ -7,6 +7,7 @@ Run it as ``uvicorn webhook.app:create_app --factory``. Callbacks are answered f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -28,19 +29,28 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from kling.errors import KlingError
-from kling.models import Task, TaskKind, parse_task
-from webhook.api import ArchiveRequest, ChainRequest, problems
-from worker import wiring
-from worker.core import tokens
-from worker.core.chain import Cancel, Chain, Resume, SubmitStep, new_chain
-from worker.core.videos import SAFE_ID, VideoRecord, VideoState, at_risk
+from kling.models import Task, TaskKind, TaskStatus, parse_task
+from webhook import metrics, openapi
+from webhook.api import ArchiveRequest, BudgetRequest, ChainRequest, problems
+from webhook.dashboard import Dashboard
+from webhook.signed import SignedCallbacks
+from worker import logs, wiring
+from worker.core import polling, tokens
+from worker.core.chain import Cancel, ChainStatus, Resume, SubmitStep, new_chain
+from worker.core.metrics import CallbackOutcome
+from worker.core.videos import SAFE_ID, VideoRecord, VideoState
+from worker.queues import Queues
 from worker.settings import ConfigError, Settings, get_settings
-from worker.state.chains import Store, UnknownChain
+from worker.state.budget import Budget
+from worker.state.chains import Page, Store, UnknownChain
+from worker.state.deliveries import Deliveries
+from worker.state.metrics import Metrics, Snapshot
+from worker.state.polling import CallbackSeen
 from worker.state.spend import Spend
 from worker.state.videos import Videos
 from worker.tasknames import ANNOUNCE_END, IMPORT_TASK, REFRESH_STEP, SUBMIT_STEP
@@ -50,6 +60,12 @@ KINDS = frozenset(TaskKind)
 log = logging.getLogger(__name__)
 
 MAX_CALLBACK_BYTES = 64 * 1024
+# How a refused callback counts in ``kc_callbacks_total``; any other refusal is malformed.
+CALLBACK_REFUSALS = {
+    401: CallbackOutcome.FORBIDDEN,  # a bad signature (KLING_WEBHOOK_SECRET)
+    403: CallbackOutcome.FORBIDDEN,
+    413: CallbackOutcome.TOO_LARGE,
+}
 IDEMPOTENCY_TTL = 24 * 3600
 MAX_REQUEST_BYTES = 256 * 1024
 ARCHIVE_DEDUPE_SECONDS = 24 * 3600
@@ -60,9 +76,9 @@ def error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-async def read_task(request: Request) -> Task:
-    """A provider callback's task object (enveloped or bare); 400 or 413 when it is not one."""
-    body = await read_capped(request, MAX_CALLBACK_BYTES)
+def task_of(body: bytes) -> Task:
+    """The task object (enveloped or bare) in a provider callback's body; 400 when it is
+    not one."""
     try:
         return parse_task(parse_json(body))
     except (ValueError, KlingError) as exc:
@@ -125,6 +141,24 @@ class Web:
         self.send_task = send_task
         self.secret = settings.secret()
         self.spend = Spend(store.redis, store.keys)
+        self.signed = SignedCallbacks(
+            settings.kling_webhook_key(), Deliveries(store.redis, store.keys)
+        )
+        self.budget = Budget(store.redis, store.keys, settings.daily_unit_budget)
+        self.figures = Metrics(store.redis, store.keys)
+        self.registry = metrics.registry(self._read_figures)
+        self.seen = CallbackSeen(store.redis, store.keys)
+
+    async def _saw_callback(self) -> None:
+        """A provider callback passed its checks: callbacks reach us (one SET every few s)."""
+        if self.seen.due():
+            await run_in_threadpool(self.seen.saw, time.time())
+
+    def callback_health(self) -> polling.Health:
+        s = self.settings
+        return polling.callback_health(
+            s.public_base(), self.seen.last(), now=time.time(), silence=s.callback_silence_seconds
+        )
 
     async def enqueue(self, name: str, *args: Any) -> None:
         await run_in_threadpool(self.send_task, name, args=args)
@@ -141,6 +175,12 @@ class Web:
             req = ChainRequest.model_validate(data)
         except ValidationError as exc:
             return error(422, "invalid chain request", details=problems(exc))
+        if req.webhook_url is not None:
+            # Checked here (a DNS lookup) and again by the worker when it delivers.
+            problem = await run_in_threadpool(self.settings.webhook_url_problem, req.webhook_url)
+            if problem is not None:
+                detail = {"field": "webhook_url", "message": problem}
+                return error(422, "invalid chain request", details=[detail])
         chain = new_chain(secrets.token_hex(8), req.spec(), time.time())
         key = request.headers.get("idempotency-key")
         if key is not None:
@@ -163,7 +203,14 @@ class Web:
             log.warning(
                 "chain %s stored; enqueue failed (%s); the sweep will submit it", chain.id, exc
             )
-        log.info("chain %s created: %s", chain.id, req.model_dump(exclude_none=True))
+        # Not the webhook URL (its query may hold a token) nor the caller's metadata.
+        shown = req.model_dump(exclude_none=True, exclude={"webhook_url", "metadata"})
+        log.info(
+            "chain %s created: %s",
+            chain.id,
+            shown,
+            extra={"chain_id": chain.id, "event": "chain.created"},
+        )
         return JSONResponse(chain.view({}), status_code=202)  # no videos yet
 
     async def _existing(self, chain_id: str) -> Response:
@@ -213,7 +260,13 @@ class Web:
                     log.warning("chain %s: enqueue failed (%s); the sweep will", chain_id, exc)
         if out.ended:  # cancelled with nothing in flight: the worker announces it
             await self.enqueue(ANNOUNCE_END, chain_id)
-        log.info("chain %s: %s accepted", chain_id, type(event).__name__.lower())
+        what = type(event).__name__.lower()
+        log.info(
+            "chain %s: %s accepted",
+            chain_id,
+            what,
+            extra={"chain_id": chain_id, "event": f"chain.{what}"},
+        )
         view = await run_in_threadpool(lambda: out.chain.view(self.videos.of([out.chain])))
         return JSONResponse(view, status_code=202)
 
@@ -225,35 +278,66 @@ class Web:
             return error(422, "limit must be an integer and before a number (a created_at)")
         if not 1 <= limit <= 100:
             return error(422, "limit must be between 1 and 100")
+        raw_status = request.query_params.get("status")
+        try:
+            status = None if raw_status is None else ChainStatus(raw_status)
+        except ValueError:
+            allowed = ", ".join(ChainStatus)
+            detail = {"field": "status", "message": f"must be one of {allowed}"}
+            return error(422, f"status must be one of {allowed}", details=[detail])
 
-        def page() -> tuple[list[Chain], dict[str, VideoRecord]]:
-            chains = self.store.recent(limit=limit, before=before)
-            return chains, self.videos.of(chains)  # one MGET for the page's videos
+        def page() -> tuple[Page, dict[str, VideoRecord]]:
+            found = self.store.page(limit=limit, before=before, status=status)
+            return found, self.videos.of(found.chains)  # one MGET for the page's videos
 
-        chains, records = await run_in_threadpool(page)
-        more = len(chains) == limit
+        found, records = await run_in_threadpool(page)
         return JSONResponse(
-            {
-                "chains": [c.view(records) for c in chains],
-                "next_before": chains[-1].created_at if chains and more else None,
-            }
+            {"chains": [c.view(records) for c in found.chains], "next_before": found.next_before}
         )
 
     async def healthz(self, request: Request) -> Response:
-        ok = await run_in_threadpool(self.store.ping)
-        return JSONResponse({"redis": ok}, status_code=200 if ok else 503)
+        def check() -> dict[str, Any]:
+            ok = self.store.ping()
+            body: dict[str, Any] = {"redis": ok}
+            if ok:
+                # Redis answered the ping a moment ago: should it fail now, stay 200, say less
+                with contextlib.suppress(redis.RedisError):
+                    body["callbacks"] = self.callback_health().as_dict()
+            return body
+
+        body = await run_in_threadpool(check)
+        return JSONResponse(body, status_code=200 if body["redis"] else 503)
 
     async def callback(self, request: Request) -> Response:
         chain_id = request.path_params["chain_id"]
         index = request.path_params["index"]
         if not tokens.verify(self.secret, chain_id, index, request.path_params["token"]):
+            await self._count_callback(CallbackOutcome.FORBIDDEN)
             return error(403, "invalid callback token")
-        task = await read_task(request)
+        task, webhook_id = await self._callback_task(request)
+        await self._saw_callback()
+        succeeded = (chain_id, index) if task.status is TaskStatus.SUCCEED else None
+        await self._count_callback(CallbackOutcome.ACCEPTED, succeeded)
+        if not await self.signed.first(webhook_id):
+            return JSONResponse({"ok": True, "duplicate": True})
         # A callback is only a hint: the worker confirms it with a query before acting. The
         # task it names is a candidate for a step whose create reply has not come home yet.
         candidate = task.task_id if SAFE_ID.match(task.task_id) else None
-        await self.enqueue(REFRESH_STEP, chain_id, index, candidate)
-        log.debug("callback %s/%s: task %s %s", chain_id, index, task.task_id, task.status)
+        async with self.signed.taken(webhook_id):
+            await self.enqueue(REFRESH_STEP, chain_id, index, candidate)
+        log.info(
+            "callback %s/%s: task %s %s",
+            chain_id,
+            index,
+            task.task_id,
+            task.status,
+            extra={
+                "chain_id": chain_id,
+                "step": index,
+                "task_id": task.task_id,
+                "event": "callback.received",
+            },
+        )
         return JSONResponse({"ok": True})
 
     # -- archiving any task of the account ---------------------------------------------------
@@ -262,15 +346,53 @@ class Web:
         if kind not in KINDS or not tokens.verify_archive(
             self.secret, kind, request.path_params["token"]
         ):
+            await self._count_callback(CallbackOutcome.FORBIDDEN)
             return error(403, "invalid callback token")
-        task = await read_task(request)
+        task, webhook_id = await self._callback_task(request)
+        await self._saw_callback()
         if not SAFE_ID.match(task.task_id):
+            await self._count_callback(CallbackOutcome.MALFORMED)
             return error(400, "task_id must be 1-128 characters of letters, digits, _ . -")
+        await self._count_callback(CallbackOutcome.ACCEPTED)
+        if not await self.signed.first(webhook_id):
+            return JSONResponse({"ok": True, "queued": False, "duplicate": True})
         queued = False
         if task.status.terminal:  # earlier statuses carry no video; the final one will come
-            queued = await self._queue_archive(kind, task.task_id, "callback")
-        log.info("archive callback: %s task %s %s", kind, task.task_id, task.status)
+            async with self.signed.taken(webhook_id):
+                queued = await self._queue_archive(kind, task.task_id, "callback")
+        log.info(
+            "archive callback: %s task %s %s",
+            kind,
+            task.task_id,
+            task.status,
+            extra={"task_id": task.task_id, "event": "callback.archive"},
+        )
         return JSONResponse({"ok": True, "queued": queued})
+
+    async def _callback_task(self, request: Request) -> tuple[Task, str | None]:
+        """``_signed_task``, with a refusal counted in ``kc_callbacks_total``."""
+        try:
+            return await self._signed_task(request)
+        except HTTPException as exc:
+            outcome = CALLBACK_REFUSALS.get(exc.status_code, CallbackOutcome.MALFORMED)
+            await self._count_callback(outcome)
+            raise
+
+    async def _count_callback(
+        self, outcome: CallbackOutcome, succeeded: tuple[str, int] | None = None
+    ) -> None:
+        await run_in_threadpool(lambda: self.figures.callback(outcome, succeeded=succeeded))
+
+    async def _signed_task(self, request: Request) -> tuple[Task, str | None]:
+        """A provider callback's task and, with KLING_WEBHOOK_SECRET set, its ``webhook-id``.
+
+        The signature is checked (401) before the body is parsed and before anything is
+        asked of Redis; the URL token was checked before.
+        """
+        body = await read_capped(request, MAX_CALLBACK_BYTES)
+        where = redact_path(request.url.path)
+        webhook_id = self.signed.verify(body, request.headers, where=where)
+        return task_of(body), webhook_id
 
     async def _queue_archive(self, kind: str, task_id: str, origin: str) -> bool:
         """Queue one query of a task for archiving, unless it is queued or done already.
@@ -305,8 +427,9 @@ class Web:
             limit = int(q.get("limit", "50"))
             before = finite(q.get("before"))
         except ValueError as exc:
+            states = ", ".join(s.value for s in VideoState)
             raise HTTPException(
-                422, "state must be pending, archived or lost; limit an integer; before a number"
+                422, f"state must be one of {states}; limit an integer; before a number"
             ) from exc
         if not 1 <= limit <= 500:
             raise HTTPException(422, "limit must be between 1 and 500")
@@ -351,53 +474,91 @@ class Web:
 
     async def get_spend(self, request: Request) -> Response:
         """Units the provider reported: today's (per chain, most first), the last ``days``
-        UTC days, and in all. There is no daily budget yet: ``budget`` is null."""
+        UTC days, and in all; and the daily budget (null when none is set)."""
         raw = request.query_params.get("days", "7")
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_SPEND_DAYS:
+        if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= MAX_SPEND_DAYS:
             return error(422, f"days must be a whole number from 1 to {MAX_SPEND_DAYS}")
-        days, total = await run_in_threadpool(
-            lambda: (self.spend.days(int(raw)), self.spend.total())
+        days, total, budget = await run_in_threadpool(
+            lambda: (self.spend.days(int(raw)), self.spend.total(), self.budget.status(time.time()))
         )
         return JSONResponse(
             {
                 "today": days[0].as_dict(chains=100),
                 "days": [{k: v for k, v in d.as_dict().items() if k != "chains"} for d in days],
                 "total": total,
-                "budget": None,
+                "budget": budget,
             }
         )
 
+    async def set_budget(self, request: Request) -> Response:
+        """Set the account's daily units for every process at once; steps held back by the
+        budget go on at their next look (``BUDGET_POLL_SECONDS``), without a restart."""
+        body = await read_capped(request, MAX_REQUEST_BYTES)
+        try:
+            req = BudgetRequest.model_validate_json(body or b"null")
+        except ValidationError as exc:
+            return error(422, "invalid budget", details=problems(exc))
+        await run_in_threadpool(self.budget.set_limit, req.daily_units)
+        log.info("daily unit budget set to %s", req.daily_units)
+        return JSONResponse({"budget": await run_in_threadpool(self.budget.status, time.time())})
+
+    def _read_figures(self) -> tuple[Snapshot, str, str]:
+        """What one scrape shows: the figures of every process, and the units spent."""
+        snap = self.figures.read(
+            queues=Queues.named(self.settings.celery_queue).all(),
+            warn_window=self.settings.archive_warn_seconds,
+        )
+        return snap, self.spend.total(), self.spend.days(1)[0].units
+
     async def metrics(self, request: Request) -> Response:
-        counts = await run_in_threadpool(self.videos.counts)
-        pending = await run_in_threadpool(lambda: self.videos.by_deadline(1000))
-        now, warn = time.time(), self.settings.archive_warn_seconds
-        risky = sum(1 for r in pending if at_risk(r, now, warn))
-        lines = ["# TYPE kc_videos gauge"]
-        lines += [f'kc_videos{{state="{state}"}} {n}' for state, n in counts.items()]
-        lines += ["# TYPE kc_videos_at_risk gauge", f"kc_videos_at_risk {risky}"]
-        total, today = await run_in_threadpool(lambda: (self.spend.total(), self.spend.days(1)))
-        lines += ["# TYPE kc_units_spent_total counter", f"kc_units_spent_total {total}"]
-        lines += ["# TYPE kc_units_spent_today gauge", f"kc_units_spent_today {today[0].units}"]
-        return PlainTextResponse("\n".join(lines) + "\n")
+        """Prometheus text: the service's families (``webhook.metrics``), read from Redis."""
+        body = await run_in_threadpool(metrics.render, self.registry)
+        local = "\n".join(self.signed.metric_lines()) + "\n"  # this process's own counts
+        return Response(body + local.encode(), media_type=metrics.CONTENT_TYPE_LATEST)
+
+    async def account(self, request: Request) -> Response:
+        """The account panel: provider slots, today's units, refused creates."""
+
+        def read() -> dict[str, Any]:
+            in_use = int(self.store.redis.hlen(self.store.keys.slot_holders))
+            refused = self.figures.refused()
+            return {
+                "slots": {"in_use": in_use, "limit": self.settings.kling_concurrency},
+                "units_today": self.spend.days(1)[0].units,
+                "budget": self.budget.status(time.time()),
+                "refused_creates": {"last_hour": refused.last_hour, "total": refused.total},
+            }
+
+        return JSONResponse(await run_in_threadpool(read))
 
 
 class RequireToken:
-    """Bearer-token check for the API (``API_TOKEN``); only callbacks and health stay open.
+    """Bearer-token check for the API (``API_TOKEN``); only callbacks and health stay open,
+    and the dashboard's page, its assets and signed file links.
 
     Callback routes carry their own per-URL tokens, and health checks come from load
-    balancers. A body sent to the API must be JSON (415 otherwise): no web page can then
-    start work with a plain form or ``text/plain`` post, even with ``API_AUTH=off``.
+    balancers. The dashboard's page holds no data (its script asks the API, with the token);
+    a file link carries its own short-lived signature (``webhook.dashboard``). A body sent to
+    the API must be JSON (415 otherwise): no web page can then start work with a plain form
+    or ``text/plain`` post, even with ``API_AUTH=off``.
     """
 
-    OPEN = ("/callbacks/", "/healthz")
+    OPEN = ("/callbacks/", "/healthz", "/static/", "/files/", "/openapi.json")
+    PAGES = frozenset({"/"})
     WITH_BODY = frozenset({"POST", "PUT", "PATCH"})
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self.expected = f"Bearer {token}".encode() if token else None
 
+    @classmethod
+    def is_open(cls, path: str) -> bool:
+        """Whether ``path`` is let through without the token (the OpenAPI document says so)."""
+        return path.startswith(cls.OPEN) or path in cls.PAGES
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(self.OPEN):
+        path = scope.get("path", "")
+        if scope["type"] != "http" or self.is_open(path):
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
@@ -407,11 +568,36 @@ class RequireToken:
             reply = error(401, "missing or wrong API token (Authorization: Bearer $API_TOKEN)")
             await reply(scope, receive, send)
             return
-        if scope["method"] in self.WITH_BODY and not _is_json(headers.get(b"content-type")):
+        if (
+            scope["method"] in self.WITH_BODY
+            and not _is_json(headers.get(b"content-type"))
+            and _routed(scope)
+        ):
             reply = error(415, "send the request body as JSON (Content-Type: application/json)")
             await reply(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+def _routed(scope: Scope) -> bool:
+    """Whether a route takes this method at this path. For any other the router answers 404
+    or 405 (no work can start), whatever the body; without the app at hand, assume one does."""
+    app = scope.get("app")
+    if not isinstance(app, Starlette):
+        return True
+    return any(route.matches(scope)[0] is Match.FULL for route in app.routes)
+
+
+def _allowed(request: Request) -> str:
+    """The methods of every route at the request's path, for a 405's ``Allow``: Starlette's
+    own names only the first route's when a path has one route per method."""
+    methods = {
+        method
+        for route in request.app.routes
+        if isinstance(route, Route) and route.matches(request.scope)[0] is not Match.NONE
+        for method in route.methods or ()
+    }
+    return ", ".join(sorted(methods))
 
 
 def _is_json(content_type: bytes | None) -> bool:
@@ -421,7 +607,11 @@ def _is_json(content_type: bytes | None) -> bool:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    return error(exc.status_code, exc.detail)
+    reply = error(exc.status_code, exc.detail)
+    reply.headers.update(exc.headers or {})
+    if exc.status_code == 405:
+        reply.headers["Allow"] = _allowed(request)
+    return reply
 
 
 async def _redis_down(request: Request, exc: Exception) -> Response:
@@ -430,15 +620,35 @@ async def _redis_down(request: Request, exc: Exception) -> Response:
     return error(503, "the state store (Redis) is unavailable; try again shortly")
 
 
+def _say_how_callbacks_arrive(web: Web) -> None:
+    """At start-up: warn when provider callbacks cannot reach (or have not reached) us."""
+    try:
+        health = web.callback_health()
+    except redis.RedisError:
+        s = web.settings
+        now = time.time()
+        health = polling.callback_health(
+            s.public_base(), None, now=now, silence=s.callback_silence_seconds
+        )
+    if not health.reachable:
+        log.warning("callbacks: %s", health.reason)
+
+
 def create_app(settings: Settings | None = None, send_task: Any = None) -> Starlette:
     """The web app; a configuration that is not safe to serve ends the process (exit 2)."""
     try:
         settings = settings or get_settings()
         token = settings.api_bearer()
         settings.secret()
+        settings.kling_webhook_key()
     except ConfigError as exc:
-        print(f"kling-chain web: {exc}", file=sys.stderr)
+        problem = f"kling-chain web: {exc}"
+        if settings is not None and settings.log_format == "json":
+            problem = logs.json_line("web", problem, level="CRITICAL", logger=__name__)
+        print(problem, file=sys.stderr)
         raise SystemExit(2) from None
+    if settings.log_format == "json":
+        logs.use_json("web", loggers=("uvicorn", "uvicorn.error", "uvicorn.access"))
     if token is None:
         log.warning(
             "API_AUTH=off: the API (which starts paid work) answers anyone who can reach "
@@ -453,6 +663,12 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
 
         send_task = celery_app.send_task
     web = Web(settings, built.chains, built.videos, send_task)
+    _say_how_callbacks_arrive(web)
+    board = Dashboard(settings, built.videos, web.secret)
+    document = openapi.document(bearer=token is not None, is_open=RequireToken.is_open)
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(document)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -474,7 +690,14 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             Route("/archive.jsonl", web.export_archive, methods=["GET"]),
             Route("/archive/callback-urls", web.callback_urls, methods=["GET"]),
             Route("/metrics", web.metrics, methods=["GET"]),
+            Route("/account", web.account, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/spend", web.get_spend, methods=["GET"]),
+            Route("/spend/budget", web.set_budget, methods=["PUT"]),
+            Route("/", board.page, methods=["GET"]),
+            Route("/static/{name}", board.asset, methods=["GET"]),
+            Route("/archive/{video_id}/url", board.video_url, methods=["GET"]),
+            Route("/files/{video_id}", board.video_file, methods=["GET"]),
         ],
         middleware=[Middleware(RequireToken, token=token)],
         exception_handlers={

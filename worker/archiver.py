@@ -6,7 +6,9 @@ videos of tasks this service did not submit (named by an archive callback or by
 ``POST /archive``) are confirmed by a query and recorded by ``archive_task``. The sweep takes
 the pending ones nearest their deadline first, warns inside ``ARCHIVE_WARN_SECONDS`` and marks
 the expired ones lost. A chain's video that settles tells its chain in the same transaction
-(``Store.settle``), which may end the chain: ``notify_end`` announces that, once.
+(``Store.settle``), which may end the chain: ``notify_end`` announces that, once. With
+``ARCHIVE_KEEP=final`` a chain that succeeded is then pruned (``supersede``): the files of the
+videos its final one contains are deleted, their records kept as ``superseded``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from kling.client import KlingClient
 from kling.errors import KlingError, MalformedReply, PermanentError, RetryableError
 from kling.models import TaskKind, TaskStatus
 from worker.core import retry
-from worker.core.chain import Outcome
+from worker.core.chain import Chain, ChainStatus, Outcome
+from worker.core.retention import Prune, prune_plan, unfinished_plan
 from worker.core.videos import (
     SAFE_ID,
     VideoRecord,
@@ -34,8 +37,11 @@ from worker.core.videos import (
     lost,
     queue,
     retry_at,
+    superseded,
+    superseding,
     unsafe_id,
 )
+from worker.core.webhooks import Destination, destinations
 from worker.outbound.download import (
     Downloaded,
     DownloadPermanent,
@@ -43,13 +49,14 @@ from worker.outbound.download import (
     download_into,
 )
 from worker.outbound.netguard import guarded_session
-from worker.outbound.notify import EventType, event_id, new_event
+from worker.outbound.notify import Event, EventType, event_id, new_event
 from worker.settings import DOWNLOAD_ATTEMPTS, Settings
-from worker.state.chains import Store
+from worker.state.chains import Store, UnknownChain
+from worker.state.metrics import Metrics
 from worker.state.videos import Videos
 from worker.storage import Storage
 from worker.storage.errors import StorageError
-from worker.tasknames import ARCHIVE_VIDEO, NOTIFY
+from worker.tasknames import ARCHIVE_VIDEO, NOTIFY, SUPERSEDE
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +100,7 @@ class Archiver:
         self.provider = provider
         self.enqueue = enqueue
         self.clock = clock
+        self.metrics = Metrics(chains.redis, chains.keys, clock=clock)
         # One session per process: downloads from the same file host reuse its connection.
         # Guarded: no internal address unless ALLOW_PRIVATE_HOSTS names it, no .netrc.
         self.http = guarded_session(settings.allow_private_hosts)
@@ -157,7 +165,7 @@ class Archiver:
         """
         queries = attempt + 1
         try:
-            task = self.provider.get(TaskKind(kind), task_id)
+            task = self.metrics.query(lambda: self.provider.get(TaskKind(kind), task_id))
         except (RetryableError, MalformedReply) as exc:
             log.warning("archive %s %s: query failed: %s", kind, task_id, exc)
             delay = retry.delay(retry.Kind.TASK_QUERY, queries)
@@ -220,15 +228,31 @@ class Archiver:
         record, took = self.videos.update(video_id, lambda r: claim(r, owner, self.clock(), lease))
         if record is None or not took or record.owner != owner:
             return None
+        started = time.monotonic()
         try:
             stored = self.store(record)
         except DownloadRetryable as exc:
             reason, delay = str(exc), retry.delay(retry.Kind.ARCHIVE, attempt + 1)
+            log.warning(
+                "archive: video %s not downloaded (%s); again in %.0f s",
+                video_id,
+                reason,
+                delay,
+                extra=_fields(record, "video.retry"),
+            )
             self.videos.update(video_id, lambda r: retry_at(r, reason, self.clock() + delay))
             return delay
         except (DownloadPermanent, KlingError) as exc:
             self._lost(video_id, str(exc))
             return None
+        self.metrics.downloaded(stored.bytes, time.monotonic() - started)
+        log.info(
+            "archive: video %s archived (%d bytes) at %s",
+            video_id,
+            stored.bytes,
+            stored.location,
+            extra=_fields(record, "video.archived"),
+        )
         self._settle(
             video_id,
             lambda r: archived(
@@ -245,7 +269,12 @@ class Archiver:
 
     def _lost(self, video_id: str, reason: str) -> None:
         if self._settle(video_id, lambda r: lost(r, reason), EventType.VIDEO_LOST):
-            log.error("archive: video %s is lost: %s", video_id, reason)
+            log.error(
+                "archive: video %s is lost: %s",
+                video_id,
+                reason,
+                extra={"video_id": video_id, "event": "video.lost"},
+            )
 
     def _settle(
         self, video_id: str, change: Callable[[VideoRecord], VideoRecord], kind: EventType
@@ -254,9 +283,10 @@ class Archiver:
         settled already."""
         done = self.chains.settle(video_id, change)
         if done.changed:
-            self.notify(kind, done.record)
+            self.notify(kind, done.record, done.chain.chain if done.chain is not None else None)
         if done.chain is not None:
             self.notify_end(done.chain)
+            self.prune_later(done.chain)
         return done.changed
 
     # -- the deadline sweep ---------------------------------------------------------------------
@@ -285,7 +315,7 @@ class Archiver:
                         hours,
                         record.error or "",
                     )
-                    self.notify(EventType.VIDEO_AT_RISK, warned)
+                    self.notify(EventType.VIDEO_AT_RISK, warned, self._chain_of(record))
             if record.claimed_at is not None and now - record.claimed_at < lease:
                 continue  # a worker holds it
             _, handed = self.videos.update(record.video_id, lambda r: queue(r, now, hold))
@@ -295,28 +325,172 @@ class Archiver:
             queued += 1
         return queued
 
-    def notify(self, kind: EventType, record: VideoRecord | None) -> None:
-        """Announce ``record`` (as just written) to NOTIFY_URL, if one is set."""
-        if self.settings.notify_url is None or record is None:
+    # -- events: to NOTIFY_URL, and a chain's to its own webhook_url ---------------------------
+    def notify(
+        self, kind: EventType, record: VideoRecord | None, chain: Chain | None = None
+    ) -> None:
+        """Announce ``record`` (as just written) to NOTIFY_URL, if one is set; a chain's video
+        (``chain``: its chain) with the chain's metadata, to the chain's webhook_url too."""
+        where = self._destinations(kind, chain)
+        if not where or record is None:
             return
         data = record.view(self.clock(), self.settings.archive_warn_seconds)
-        event = new_event(kind, data, event_id=event_id(record.video_id, kind.value))
-        self.enqueue(NOTIFY, (event.to_dict(),))
+        if chain is not None:
+            data["metadata"] = chain.spec.metadata
+        self._send(new_event(kind, data, event_id=event_id(record.video_id, kind.value)), where)
 
     def notify_end(self, out: Outcome) -> None:
-        """Announce the chain's end to NOTIFY_URL when ``out`` is the transition that ended
-        it: one transition does, so the announcement goes out once (the runner's too)."""
-        if not out.ended or self.settings.notify_url is None:
+        """Announce what the transition ``out`` did to its chain: each step it made succeed
+        (``chain.step_succeeded``), and the chain's end when ``out`` is the transition that
+        ended it. One transition does each, so each announcement goes out once (the
+        runner's too); its id is deterministic all the same."""
+        chain = out.chain
+        records: dict[str, VideoRecord] | None = None
+        step_where = self._destinations(EventType.CHAIN_STEP_SUCCEEDED, chain)
+        for index in out.succeeded if step_where else ():
+            records = self.videos.of([chain]) if records is None else records
+            view = {**chain.view(records), "step_index": index}
+            step_id = event_id(chain.id, "step", index, "succeeded")
+            event = new_event(EventType.CHAIN_STEP_SUCCEEDED, view, event_id=step_id)
+            self._send(event, step_where)
+        if not out.ended:
             return
-        view = out.chain.view(self.videos.of([out.chain]))
         kind = {
-            "succeeded": EventType.CHAIN_SUCCEEDED,
-            "cancelled": EventType.CHAIN_CANCELLED,
-        }.get(view["status"], EventType.CHAIN_FAILED)
+            ChainStatus.SUCCEEDED: EventType.CHAIN_SUCCEEDED,
+            ChainStatus.CANCELLED: EventType.CHAIN_CANCELLED,
+        }.get(chain.status, EventType.CHAIN_FAILED)
+        where = self._destinations(kind, chain)
+        if not where:
+            return
+        view = chain.view(self.videos.of([chain]) if records is None else records)
         # A resumed chain ends again: each end is an event of its own.
-        again = (out.chain.resumed,) if out.chain.resumed else ()
-        event = new_event(kind, view, event_id=event_id(out.chain.id, "end", *again))
-        self.enqueue(NOTIFY, (event.to_dict(),))
+        again = (chain.resumed,) if chain.resumed else ()
+        self._send(new_event(kind, view, event_id=event_id(chain.id, "end", *again)), where)
+
+    def _destinations(self, kind: EventType, chain: Chain | None) -> tuple[Destination, ...]:
+        notify_url = self.settings.notify_url
+        spec = chain.spec if chain is not None else None
+        return destinations(
+            kind,
+            notify_url=None if notify_url is None else str(notify_url),
+            webhook_url=spec.webhook_url if spec is not None else None,
+            webhook_events=spec.webhook_events if spec is not None else None,
+        )
+
+    def _send(self, event: Event, where: tuple[Destination, ...]) -> None:
+        """One delivery task per destination, each retried on its own (``worker.tasks.notify``):
+        NOTIFY_URL's as ``(event,)``, as ever; a chain's own as ``(event, url)``."""
+        payload = event.to_dict()
+        for destination in where:
+            url = destination.url
+            self.enqueue(NOTIFY, (payload,) if url is None else (payload, url))
+
+    def _chain_of(self, record: VideoRecord) -> Chain | None:
+        if record.chain_id is None:
+            return None
+        try:
+            return self.chains.get(record.chain_id)
+        except UnknownChain:
+            return None
+
+    # -- ARCHIVE_KEEP=final: delete what a succeeded chain's final video supersedes -------------
+    def prune_later(self, out: Outcome) -> None:
+        """Queue the prune of the chain that ``out`` made succeed (``ARCHIVE_KEEP=final``).
+        The store owed it in that same transaction, so the sweep hands it out if this is lost."""
+        if self.settings.archive_keep != "final":
+            return
+        if out.ended and out.chain.status is ChainStatus.SUCCEEDED:
+            self.enqueue(SUPERSEDE, (out.chain.id,))
+
+    def sweep_prunes(self) -> int:
+        """Hand out the prunes owed whose fast path did not finish them."""
+        hold = self.settings.poll_after_seconds
+        owed = self.chains.take_prunes(now=self.clock(), hold=hold)
+        for chain_id in owed:
+            self.enqueue(SUPERSEDE, (chain_id,))
+        return len(owed)
+
+    def supersede(self, chain_id: str, *, attempt: int = 0) -> float | None:
+        """Delete the files of the videos that the succeeded chain's final video contains
+        (``worker.core.retention.prune_plan``); a delay when storage failed for now.
+
+        Each record is marked ``superseding`` before its files are deleted and ``superseded``
+        after, so no record calls a file that may be gone archived, and a run cut short
+        anywhere is finished by the next one: deleting what is gone changes nothing. Nothing
+        is deleted unless the final video's record is archived and its object is in this
+        storage, whole.
+        """
+        if self.settings.archive_keep != "final":
+            self.chains.prune_done(chain_id)  # switched off since it was owed: keep it all
+            return None
+        plan, records = self._plan(chain_id)
+        try:
+            problem = plan if isinstance(plan, str) else self._unsafe_final(records[plan.final])
+            if problem is not None:
+                log.error("prune %s: nothing deleted: %s", chain_id, problem)
+                self.chains.prune_done(chain_id)
+                return None
+            assert isinstance(plan, Prune)
+            gone = [v for v in plan.videos if self._supersede(v, plan.final, records[v])]
+        except (StorageError, OSError) as exc:
+            delay = retry.delay(retry.Kind.ARCHIVE, attempt + 1)
+            log.warning("prune %s: storage failed (%s); again in %.0f s", chain_id, exc, delay)
+            return delay
+        log.info("prune %s: kept %s, deleted %d video(s) it holds", chain_id, plan.final, len(gone))
+        self.chains.prune_done(chain_id)
+        return None
+
+    def _plan(self, chain_id: str) -> tuple[Prune | str, dict[str, VideoRecord]]:
+        """The chain's prune and the records it reads; for a chain whose document expired
+        meanwhile, what its records show was left half done."""
+        try:
+            chain = self.chains.get(chain_id)
+        except UnknownChain:
+            marked = self.videos.recent(state=VideoState.SUPERSEDING, limit=500, before=None)
+            half = [r for r in marked if r.chain_id == chain_id]
+            records = {r.video_id: r for r in half}
+            for final in {r.superseded_by for r in half if r.superseded_by is not None}:
+                found = self.videos.get(final)
+                if found is not None:
+                    records[final] = found
+            return unfinished_plan(chain_id, half, records), records
+        records = self.videos.of([chain])
+        return prune_plan(chain, records), records
+
+    def _unsafe_final(self, final: VideoRecord) -> str | None:
+        """Why the final video is not safely stored here, or None when it is."""
+        name = f"{final.video_id}.mp4"
+        here = self.storage.location(name)
+        if final.location != here:
+            return f"its final video {final.video_id} is at {final.location}, not {here}"
+        size = self.storage.size(name)
+        if size is None or size != final.bytes:
+            held = "missing" if size is None else f"{size} bytes"
+            return f"its final video {here} is {held}, its record says {final.bytes} bytes"
+        return None
+
+    def _supersede(self, video_id: str, final: str, record: VideoRecord) -> bool:
+        """Mark, delete, mark one video; False when it is not this storage's to delete."""
+        name = f"{video_id}.mp4"
+        if record.location is not None and record.location != self.storage.location(name):
+            log.warning("prune: video %s is kept: it is at %s", video_id, record.location)
+            return False
+        marked, _ = self.videos.update(video_id, lambda r: superseding(r, final))
+        if marked is None or marked.state is not VideoState.SUPERSEDING:
+            return False  # changed meanwhile: not ours to delete
+        self.storage.delete(name)
+        self.storage.delete(f"{video_id}.json")
+        self.videos.update(video_id, lambda r: superseded(r, self.clock()))
+        return True
+
+
+def _fields(record: VideoRecord, event: str) -> dict[str, Any]:
+    """A log record's ``extra=``: the fields ``LOG_FORMAT=json`` lines carry (worker.logs)."""
+    fields: dict[str, Any] = {"video_id": record.video_id, "task_id": record.task_id}
+    fields["event"] = event
+    if record.chain_id is not None:
+        fields |= {"chain_id": record.chain_id, "step": record.step}
+    return fields
 
 
 def _warned(record: VideoRecord) -> VideoRecord:

@@ -24,10 +24,11 @@ from kling.errors import (
 )
 from kling.models import ExtendRequest, Task, TaskKind, Text2VideoRequest
 from worker.archiver import Archiver
-from worker.core import retry, slots, tokens
+from worker.core import budget, polling, retry, slots, tokens
 from worker.core.chain import (
     Action,
     ArchiveVideo,
+    AwaitBudget,
     AwaitSlot,
     Chain,
     Claim,
@@ -44,6 +45,7 @@ from worker.core.chain import (
     TaskUpdate,
     Verdict,
 )
+from worker.core.metrics import CreateOutcome, create_outcome
 from worker.core.reconcile import (
     LIST_MAX_PAGES,
     LIST_PAGE_SIZE,
@@ -60,14 +62,26 @@ from worker.core.reconcile import (
 )
 from worker.core.schedule import Work
 from worker.settings import Settings
+from worker.state.budget import Budget
 from worker.state.chains import Store, UnknownChain
+from worker.state.metrics import Metrics
+from worker.state.polling import CallbackSeen, TaskDurations
 from worker.state.slots import Slots
 from worker.tasknames import ARCHIVE_VIDEO, REFRESH_STEP, SUBMIT_STEP
 
 log = logging.getLogger(__name__)
 
 
+def _fields(chain_id: str, step: int, event: str, task_id: str | None = None) -> dict[str, Any]:
+    """A log record's ``extra=``: the fields ``LOG_FORMAT=json`` lines carry (worker.logs)."""
+    fields: dict[str, Any] = {"chain_id": chain_id, "step": step, "event": event}
+    if task_id is not None:
+        fields["task_id"] = task_id
+    return fields
+
+
 Enqueue = Callable[[str, tuple[Any, ...]], None]
+Later = Callable[[str, tuple[Any, ...], float], None]  # enqueue with a countdown (seconds)
 
 
 def describe(exc: KlingError) -> str:
@@ -108,15 +122,23 @@ class Runner:
         archiver: Archiver,
         *,
         slots: Slots | None = None,
+        budget: Budget | None = None,
+        later: Later | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        self.later = later  # None: no polls planned here, the sweep's alone (as before)
+        self.durations = TaskDurations(store.redis, store.keys)
+        self.seen = CallbackSeen(store.redis, store.keys)
+        self._healthy: bool | None = None
         self.slots = slots
+        self.budget = budget
         self.settings = settings
         self.store = store
         self.provider = provider
         self.enqueue = enqueue
         self.archiver = archiver
         self.clock = clock
+        self.metrics = Metrics(store.redis, store.keys, clock=clock)
 
     # -- plumbing ------------------------------------------------------------------------------
     def dispatch(self, chain_id: str, actions: list[Action]) -> None:
@@ -160,11 +182,13 @@ class Runner:
         if task.status.terminal:  # a lookup found it finished already: that reply is a query
             out = self._apply(chain_id, TaskUpdate(index, task))
         self.dispatch(chain_id, out.actions)
+        self._plan_poll(chain_id, out.chain.step(index))
 
     # -- submit one step -------------------------------------------------------------------------
     def submit(self, chain_id: str, index: int, *, owner: str, attempt: int = 0) -> float | None:
         lease = self.settings.submit_lease_seconds
-        out = self._apply(chain_id, Claim(index, owner, lease))
+        costs = self.budget.account_costs() if self.budget is not None else {}
+        out = self._apply(chain_id, Claim(index, owner, lease, account_costs=costs))
         if out.verdict is Verdict.SKIP:
             return None
         step = out.chain.step(index)
@@ -178,12 +202,22 @@ class Runner:
             match answer:
                 case Found(task):
                     log.info(
-                        "step %s/%s: found task %s, not resubmitting", chain_id, index, task.task_id
+                        "step %s/%s: found task %s, not resubmitting",
+                        chain_id,
+                        index,
+                        task.task_id,
+                        extra=_fields(chain_id, index, "step.found", task.task_id),
                     )
                     self._record(chain_id, index, task)
                     return None
                 case Unknown(reason):
-                    log.error("step %s/%s needs attention: %s", chain_id, index, reason)
+                    log.error(
+                        "step %s/%s needs attention: %s",
+                        chain_id,
+                        index,
+                        reason,
+                        extra=_fields(chain_id, index, "step.attention"),
+                    )
                     self._apply(chain_id, NeedsAttention(index, attention_message(step, reason)))
                     return None
                 case NotCreated(how):
@@ -192,9 +226,23 @@ class Runner:
         if self.store.get(chain_id).cancelled_at is not None:
             # Cancelled since the claim: one read narrows the window to the create's own
             # send; a create already on its way is followed and archived like any paid step.
-            log.info("step %s/%s: chain cancelled before the create; not sent", chain_id, index)
+            log.info(
+                "step %s/%s: chain cancelled before the create; not sent",
+                chain_id,
+                index,
+                extra=_fields(chain_id, index, "step.not_sent"),
+            )
             self._apply(chain_id, Release(index, owner))
             return None
+        if self.budget is not None:
+            now = self.clock()
+            cost = budget.estimate(out.chain, step.kind, costs)
+            let = self.budget.admit(chain_id, index, cost, now=now)
+            if not let.admitted and let.limit is not None:
+                text = budget.waiting_text(let.spent, let.reserved, let.limit, now)
+                log.info("step %s/%s held back: %s", chain_id, index, text)
+                self._apply(chain_id, AwaitBudget(index, owner, text))
+                return self.settings.budget_poll_seconds
         if self.slots is not None:
             slot = self.slots.acquire(chain_id, index, now=self.clock())
             if not slot.taken:
@@ -203,14 +251,20 @@ class Runner:
                 return self.settings.slot_poll_seconds  # unless a release hands one over first
         try:
             request = self._request(out.chain, step)
-            task = self.provider.create(kind, request)
+            task = self._create(kind, request, chain_id, index)
         except InvalidRequest as exc:
             self._apply(chain_id, SubmitFailed(index, describe(exc)))
             return None
         except (AmbiguousCreate, MalformedReply) as exc:
             # The request may have created a billed task. Keep the claim; the retry (same
             # owner) reconciles by external_task_id instead of sending again.
-            log.warning("step %s/%s: create reply lost (%s); will look it up", chain_id, index, exc)
+            log.warning(
+                "step %s/%s: create reply lost (%s); will look it up",
+                chain_id,
+                index,
+                exc,
+                extra=_fields(chain_id, index, "step.create_lost"),
+            )
             return self.settings.recheck_after_seconds
         except RetryableError as exc:
             delay = retry.delay(retry.Kind.CREATE, attempt + 1)
@@ -231,9 +285,31 @@ class Runner:
                 return self.submit(chain_id, index, owner=owner, attempt=attempt)
             self._apply(chain_id, SubmitFailed(index, describe(exc), exc.code))
             return None
+        log.info(
+            "step %s/%s: created task %s",
+            chain_id,
+            index,
+            task.task_id,
+            extra=_fields(chain_id, index, "step.created", task.task_id),
+        )
         self._record(chain_id, index, task)
         self._learn(kind, step, task)
         return None
+
+    def _create(
+        self, kind: TaskKind, request: ExtendRequest | Text2VideoRequest, chain_id: str, index: int
+    ) -> Task:
+        """Send the create, counted by its outcome (``kc_creates_total``); raises as the
+        client does."""
+        try:
+            task = self.provider.create(kind, request)
+        except InvalidRequest:
+            raise  # refused before sending: nothing reached the provider
+        except KlingError as exc:
+            self.metrics.created(kind.value, create_outcome(exc), chain_id=chain_id, index=index)
+            raise
+        self.metrics.created(kind.value, CreateOutcome.ACCEPTED, chain_id=chain_id, index=index)
+        return task
 
     # -- reconcile a create whose reply was lost -----------------------------------------------
     def _reconcile(self, chain_id: str, step: Step, kind: TaskKind) -> Answer:
@@ -360,12 +436,25 @@ class Runner:
 
     # -- learn how a step is doing ---------------------------------------------------------------
     def refresh(
-        self, chain_id: str, index: int, *, candidate: str | None = None, attempt: int = 0
+        self,
+        chain_id: str,
+        index: int,
+        *,
+        candidate: str | None = None,
+        attempt: int = 0,
+        planned: float | None = None,
     ) -> float | None:
         """Query the step's task and apply what it says. ``candidate``: the task id that a
-        callback on the step's own URL named, for a step whose create reply is not home yet."""
+        callback on the step's own URL named, for a step whose create reply is not home yet.
+
+        ``planned``: this is the poll a query planned (``_plan_poll``), named by the step's
+        ``news_at`` that query wrote. When the step has had news since, another query (a
+        callback's, the sweep's) planned the step's next poll instead: this one is dropped,
+        so a step never has more than one planned poll going."""
         step = self.store.get(chain_id).step(index)
         if step.status.done:
+            return None
+        if planned is not None and step.news_at != planned:
             return None
         if step.task_id is None:
             # Only a step mid-submit can be racing its own create reply; anything else is news
@@ -373,17 +462,100 @@ class Runner:
             if step.status is not StepStatus.SUBMITTING or candidate is None:
                 return None
             return self._confirm_candidate(chain_id, step, candidate, attempt)
+        task_id = step.task_id
         try:
-            task = self.provider.get(TaskKind(step.kind), step.task_id)
+            task = self.metrics.query(lambda: self.provider.get(TaskKind(step.kind), task_id))
         except (RetryableError, MalformedReply) as exc:
-            log.warning("step %s/%s: query failed: %s", chain_id, index, exc)
+            log.warning(
+                "step %s/%s: query failed: %s",
+                chain_id,
+                index,
+                exc,
+                extra=_fields(chain_id, index, "step.query_failed", task_id),
+            )
+            if isinstance(exc, RetryableError) and exc.code == polling.RATE_LIMITED:
+                # Querying too fast: back off (doubling, jittered) and keep the step's poll.
+                return polling.rate_limit_backoff(
+                    attempt + 1, self.durations.of(step.kind), self.settings.poll_curve()
+                )
             return retry.after(retry.Kind.QUERY, attempt + 1)  # None: the sweep polls later
         except PermanentError as exc:
-            log.error("step %s/%s: query refused: %s", chain_id, index, describe(exc))
+            log.error(
+                "step %s/%s: query refused: %s",
+                chain_id,
+                index,
+                describe(exc),
+                extra=_fields(chain_id, index, "step.query_refused", task_id),
+            )
             return None
+        log.info(
+            "step %s/%s: task %s %s",
+            chain_id,
+            index,
+            task_id,
+            task.status,
+            extra=_fields(chain_id, index, "step.status", task_id),
+        )
         out = self._apply(chain_id, TaskUpdate(index, task))
         self.dispatch(chain_id, out.actions)
+        after = out.chain.step(index)
+        if after.status is StepStatus.SUCCEED and step.status.active:
+            self._learn_duration(step, after, task)
+        self._plan_poll(chain_id, after)
         return None
+
+    # -- adaptive polling (worker.core.polling) ------------------------------------------------
+    def _learn_duration(self, before: Step, after: Step, task: Task) -> None:
+        """Note how long the task took: the provider's own created -> updated times when it
+        gives them (unbiased by when we asked), else ours from accepted to learnt ended."""
+        seconds: float | None = None
+        if task.created_at_ms is not None and task.updated_at_ms is not None:
+            seconds = (task.updated_at_ms - task.created_at_ms) / 1000
+        if (seconds is None or seconds <= 0) and before.submitted_at and after.ended_at:
+            seconds = after.ended_at - before.submitted_at
+        if seconds is not None and seconds > 0:
+            self.durations.add(before.kind, seconds)
+
+    def callbacks_healthy(self) -> bool:
+        """Whether provider callbacks are arriving (``polling.callback_health``); says so in
+        the log when that changes."""
+        s = self.settings
+        health = polling.callback_health(
+            s.public_base(),
+            self.seen.last(cached=True),
+            now=self.clock(),
+            silence=s.callback_silence_seconds,
+        )
+        if health.reachable != self._healthy:
+            if not health.reachable:
+                log.warning("callbacks: %s", health.reason)
+            elif self._healthy is not None:
+                log.info("callbacks: arriving again (%s)", health.reason)
+            self._healthy = health.reachable
+        return health.reachable
+
+    def _plan_poll(self, chain_id: str, step: Step) -> None:
+        """Plan the next query of an active step (``polling.next_poll``) as a refresh with a
+        countdown, named by the ``news_at`` just written. A plan within one sweep of
+        ``POLL_AFTER_SECONDS`` is left to the sweep, which polls a task quiet that long anyway
+        (with callbacks arriving, that is every plan but the late look: no task is queued
+        for nothing). The sweep's poll stays the net under a plan lost with its worker; with
+        ``POLLING=fixed`` it comes one sweep later (``Timing.poll_grace``)."""
+        if self.later is None or not step.status.active or step.news_at is None:
+            return
+        s = self.settings
+        mode = polling.Mode(s.polling)
+        started = step.submitted_at or step.news_at
+        wait = polling.next_poll(
+            self.clock() - started,
+            self.durations.of(step.kind),
+            callbacks_healthy=mode is polling.Mode.FIXED or self.callbacks_healthy(),
+            curve=s.poll_curve(),
+            mode=mode,
+        )
+        if mode is polling.Mode.ADAPTIVE and wait > s.poll_after_seconds - s.sweep_seconds:
+            return
+        self.later(REFRESH_STEP, (chain_id, step.index, None, step.news_at), wait)
 
     def _confirm_candidate(
         self, chain_id: str, step: Step, candidate: str, attempt: int
@@ -391,7 +563,7 @@ class Runner:
         """The callback beat the create reply home. Its body is only a hint: record the task
         it names once a query shows it can be this step's (``worker.core.reconcile.mismatch``)."""
         try:
-            task = self.provider.get(TaskKind(step.kind), candidate)
+            task = self.metrics.query(lambda: self.provider.get(TaskKind(step.kind), candidate))
         except (RetryableError, MalformedReply) as exc:
             log.info("step %s/%s: query of candidate failed: %s", chain_id, step.index, exc)
             return retry.after(retry.Kind.CANDIDATE, attempt + 1)
@@ -424,6 +596,7 @@ class Runner:
     def _apply(self, chain_id: str, event: Event) -> Outcome:
         out = self.store.transition(chain_id, event)
         self.archiver.notify_end(out)
+        self.archiver.prune_later(out)
         if self.slots is not None and isinstance(event, _MAY_END_A_HOLD):
             self._free_slot(out.chain, event.index)
         return out
@@ -462,6 +635,20 @@ class Runner:
         self._hand_over(self.slots.next_up())
         return reclaimed
 
+    def sweep_budget(self) -> int:
+        """Drop reservations whose step is no longer in flight (a crash between admission
+        and the transition that would have dropped them)."""
+        if self.budget is None:
+            return 0
+        reclaimed = 0
+        for name, seen in self.budget.reservations().items():
+            chain_id, index = slots.parse(name)
+            if slots.holder_stale(self._chain_or_none(chain_id), index):
+                reclaimed += self.budget.reclaim(name, seen)
+        if reclaimed:
+            log.warning("budget: dropped %d reservation(s) of steps not in flight", reclaimed)
+        return reclaimed
+
     def _chain_or_none(self, chain_id: str) -> Chain | None:
         try:
             return self.store.get(chain_id)
@@ -485,7 +672,12 @@ class Runner:
                 case Work.SUBMIT | Work.RECONCILE:  # a cancelled chain's claim only reconciles
                     self.enqueue(SUBMIT_STEP, (due.chain_id, due.index))
         self.sweep_slots()
+        self.sweep_budget()
         videos = self.archiver.sweep()
+        self.archiver.sweep_prunes()
+        trimmed = self.store.trim_expired(now=self.clock())
+        if trimmed:
+            log.info("sweep: %d expired chain(s) taken out of the listing", trimmed)
         if items or videos:
             log.info("sweep: enqueued %d owed chain item(s), %d video(s)", len(items), videos)
         return len(items) + videos

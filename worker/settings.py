@@ -5,6 +5,7 @@ The names are the service's contract (README, Procfile, docker-compose.yml): kee
 
 from __future__ import annotations
 
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -21,7 +22,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from kling.auth import Auth, auth_from
 from kling.client import KlingClient
-from worker.outbound.netguard import AllowList
+from worker.core.polling import Curve
+from worker.outbound.netguard import AllowList, url_refusal
 from worker.outbound.notify import parse_secret
 from worker.outbound.pace import AttemptLimits
 from worker.storage import Storage, open_storage
@@ -48,6 +50,8 @@ class Settings(BaseSettings):
     kling_send_parent_task_id: bool = True
     kling_external_task_id: bool = True
     kling_timeout_seconds: float = Field(30.0, gt=0)
+    # The whsec_ secret the official API signs callbacks with (kling.signing); None: unsigned.
+    kling_webhook_secret: SecretStr | None = None
 
     public_url: AnyHttpUrl = AnyHttpUrl("http://localhost:8000")
     callback_secret: SecretStr | None = None
@@ -61,6 +65,11 @@ class Settings(BaseSettings):
     archive_warn_seconds: float = Field(3 * 24 * 3600.0, ge=0)
     archive_max_bytes: int = Field(4 * 1024**3, gt=0)
     archive_margin_seconds: float = Field(24 * 3600.0, ge=0)
+    # Retention (worker.core.retention): a finished chain's document expires this many days
+    # after it ended (a fraction is allowed: 0.0001 is under 9 s); its video records stay.
+    # ARCHIVE_KEEP=final deletes the files of the videos a succeeded chain's final one contains.
+    chain_retention_days: float = Field(30.0, gt=0, le=36500, allow_inf_nan=False)
+    archive_keep: Literal["all", "final"] = "all"
     # Internal addresses downloads may reach anyway (worker.outbound.netguard); parsed at start-up.
     allow_private_hosts: Annotated[AllowList, NoDecode] = AllowList()
     download_attempt_seconds: float = Field(900.0, gt=0)
@@ -68,6 +77,14 @@ class Settings(BaseSettings):
     download_rate_window_seconds: float = Field(60.0, gt=0)
 
     poll_after_seconds: float = Field(120.0, gt=0)
+    # How running tasks are queried between callbacks (worker.core.polling): "adaptive"
+    # learns task durations and queries around their expected end; "fixed" queries every
+    # POLL_AFTER_SECONDS. Gaps around the expected end: a quarter of the median duration,
+    # within these bounds. No callback for CALLBACK_SILENCE_SECONDS: polling is relied on.
+    polling: Literal["adaptive", "fixed"] = "adaptive"
+    poll_max_gap_seconds: float = Field(4.0, gt=0)
+    poll_min_gap_seconds: float = Field(1.0, gt=0)
+    callback_silence_seconds: float = Field(900.0, gt=0)
     sweep_seconds: float = Field(10.0, gt=0)
     submit_lease_seconds: float = Field(120.0, gt=0)
     archive_lease_seconds: float = Field(3000.0, gt=0)
@@ -77,11 +94,17 @@ class Settings(BaseSettings):
     # (worker.core.slots); None: no gate. A step waiting for a slot looks again this often.
     kling_concurrency: int | None = Field(None, ge=1)
     slot_poll_seconds: float = Field(2.0, gt=0)
+    # The account's units per UTC day (worker.core.budget); None: no daily budget. One set
+    # through the API (PUT /spend/budget) wins. A step it holds back looks again this often.
+    daily_unit_budget: Decimal | None = Field(None, gt=0, max_digits=18, decimal_places=6)
+    budget_poll_seconds: float = Field(30.0, gt=0)
 
     notify_url: AnyHttpUrl | None = None
     notify_secret: SecretStr | None = None
 
     port: int = Field(8000, gt=0, lt=65536)
+    # "json": one JSON object a line from web, worker and beat, secrets redacted (worker.logs).
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _lease_outlasts_a_download(self) -> Settings:
@@ -106,6 +129,23 @@ class Settings(BaseSettings):
     @classmethod
     def _allow_list(cls, value: object) -> object:
         return AllowList.parse(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _gaps_in_order(self) -> Settings:
+        if self.poll_min_gap_seconds > self.poll_max_gap_seconds:
+            raise ValueError(
+                f"POLL_MIN_GAP_SECONDS ({self.poll_min_gap_seconds:g}) must not be more than "
+                f"POLL_MAX_GAP_SECONDS ({self.poll_max_gap_seconds:g})"
+            )
+        return self
+
+    def poll_curve(self) -> Curve:
+        """The adaptive polling curve's numbers (``worker.core.polling``)."""
+        return Curve(
+            poll_after=self.poll_after_seconds,
+            max_gap=self.poll_max_gap_seconds,
+            min_gap=self.poll_min_gap_seconds,
+        )
 
     def download_limits(self) -> AttemptLimits:
         return AttemptLimits(
@@ -169,8 +209,23 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ConfigError(f"ARCHIVE_URL: {exc}") from exc
 
+    def kling_webhook_key(self) -> str | None:
+        """KLING_WEBHOOK_SECRET, checked; None when unset or blank (callbacks unsigned)."""
+        secret = (reveal(self.kling_webhook_secret) or "").strip()
+        if not secret:
+            return None
+        try:
+            parse_secret(secret)
+        except ValueError as exc:
+            raise ConfigError(
+                f"KLING_WEBHOOK_SECRET: {exc}. Copy the callback signing secret from the "
+                "Kling console as it is shown (whsec_...), or unset the variable to take "
+                "callbacks on their URL token alone"
+            ) from None
+        return secret
+
     def notify_key(self) -> str:
-        """NOTIFY_SECRET, checked; only asked for when NOTIFY_URL is set."""
+        """NOTIFY_SECRET, checked; only asked for when NOTIFY_URL or a webhook_url is set."""
         secret = reveal(self.notify_secret)
         if secret is None:
             raise ConfigError(
@@ -182,6 +237,22 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ConfigError(f"NOTIFY_SECRET: {exc}") from None
         return secret
+
+    def webhook_url_problem(self, url: str) -> str | None:
+        """Why this deployment cannot send a chain's events to a caller's ``webhook_url``, or
+        None: no valid NOTIFY_SECRET to sign them with, or a host on an internal address that
+        ALLOW_PRIVATE_HOSTS does not name (``worker.outbound.netguard.url_refusal``, which
+        resolves the host: blocking). Delivery checks the address again."""
+        if reveal(self.notify_secret) is None:
+            return (
+                "this service has no NOTIFY_SECRET configured, so it cannot sign webhooks: "
+                "leave webhook_url out, or ask its operator to set NOTIFY_SECRET"
+            )
+        try:
+            self.notify_key()
+        except ConfigError as exc:
+            return f"this service cannot sign webhooks: its {exc}; ask its operator to fix it"
+        return url_refusal(url, self.allow_private_hosts)
 
 
 def reveal(secret: SecretStr | None) -> str | None:

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from functools import cache
 from typing import Any
 
 import redis
+from celery import signals
 from kombu.exceptions import OperationalError
 
 from worker import wiring
 from worker.archiver import Archiver
 from worker.celery import app
-from worker.core import retry
+from worker.core import polling, retry
 from worker.core.chain import ChainStatus, Outcome
 from worker.outbound import notify as notifications
+from worker.outbound.urls import display
 from worker.runner import Runner
-from worker.settings import get_settings
+from worker.settings import ConfigError, get_settings
 from worker.state.chains import UnknownChain
+from worker.state.keys import Keys
+from worker.state.polling import CallbackSeen
 from worker.tasknames import (
     ANNOUNCE_END,
     ARCHIVE_VIDEO,
@@ -26,6 +31,7 @@ from worker.tasknames import (
     NOTIFY,
     REFRESH_STEP,
     SUBMIT_STEP,
+    SUPERSEDE,
     SWEEP,
 )
 
@@ -34,6 +40,10 @@ log = logging.getLogger(__name__)
 
 def enqueue(name: str, args: tuple[Any, ...]) -> None:
     app.send_task(name, args=args)
+
+
+def later(name: str, args: tuple[Any, ...], countdown: float) -> None:
+    app.send_task(name, args=args, countdown=countdown)
 
 
 @cache
@@ -51,7 +61,17 @@ def archiver() -> Archiver:
 def runner() -> Runner:
     s = get_settings()
     slots = wiring.slots(s, state())
-    return Runner(s, state().chains, s.provider(), enqueue, archiver(), slots=slots)
+    budget = wiring.budget(s, state())
+    return Runner(
+        s,
+        state().chains,
+        s.provider(),
+        enqueue,
+        archiver(),
+        slots=slots,
+        budget=budget,
+        later=later,
+    )
 
 
 def _again(task: Any, delay: float | None) -> None:
@@ -84,9 +104,21 @@ def submit_step(self: Any, chain_id: str, index: int) -> None:
 
 
 @app.task(bind=True, name=REFRESH_STEP, max_retries=None)
-def refresh_step(self: Any, chain_id: str, index: int, candidate: str | None = None) -> None:
+def refresh_step(
+    self: Any,
+    chain_id: str,
+    index: int,
+    candidate: str | None = None,
+    planned: float | None = None,
+) -> None:
+    """``planned``: a poll a query planned (``Runner._plan_poll``); a Celery retry keeps it."""
     r, req = runner(), self.request
-    _run(self, lambda: r.refresh(chain_id, index, candidate=candidate, attempt=req.retries))
+    _run(
+        self,
+        lambda: r.refresh(
+            chain_id, index, candidate=candidate, attempt=req.retries, planned=planned
+        ),
+    )
 
 
 @app.task(bind=True, name=IMPORT_TASK, max_retries=None)
@@ -101,37 +133,63 @@ def archive_video(self: Any, video_id: str) -> None:
     _run(self, lambda: a.archive_video(video_id, owner=req.id, attempt=req.retries))
 
 
+@app.task(bind=True, name=SUPERSEDE, max_retries=None)
+def supersede(self: Any, chain_id: str) -> None:
+    """ARCHIVE_KEEP=final: delete the files the succeeded chain's final video supersedes."""
+    a, req = archiver(), self.request
+    _run(self, lambda: a.supersede(chain_id, attempt=req.retries))
+
+
 @app.task(bind=True, name=NOTIFY, max_retries=None)
-def notify(self: Any, event: dict[str, Any]) -> None:
-    """POST one event to NOTIFY_URL, signed per Standard Webhooks; ``retry.Kind.NOTIFY``'s
-    attempts in all."""
+def notify(self: Any, event: dict[str, Any], url: str | None = None) -> None:
+    """POST one event to one destination, signed per Standard Webhooks with NOTIFY_SECRET;
+    ``retry.Kind.NOTIFY``'s attempts in all.
+
+    Without ``url``, to NOTIFY_URL (the operator's: any address). With it, to a chain's own
+    ``webhook_url``, which a caller supplied: through the address guard, so an internal
+    address ALLOW_PRIVATE_HOSTS does not name is refused, and not retried."""
     s = get_settings()
-    if s.notify_url is None:
+    if url is None and s.notify_url is None:
         return  # notifications were switched off after the event was queued
     e = notifications.Event.from_dict(event)
+    to = "NOTIFY_URL" if url is None else display(url)  # no query string: it may hold a token
     attempt = self.request.retries + 1
     try:
-        status = notifications.deliver(str(s.notify_url), s.notify_key(), e)
+        secret = s.notify_key()
+    except ConfigError as exc:  # the secret was removed or broken after the event was queued
+        log.error("notification %s (%s) to %s not sent: %s", e.id, e.type, to, exc)
+        return
+    try:
+        if url is None:
+            status = notifications.deliver(str(s.notify_url), secret, e)
+        else:
+            status = notifications.deliver(url, secret, e, allow=s.allow_private_hosts)
     except notifications.DeliveryRejected as exc:
-        log.error("notification %s (%s) refused: %s; not retried", e.id, e.type, exc)
+        log.error("notification %s (%s) to %s refused: %s; not retried", e.id, e.type, to, exc)
     except notifications.DeliveryFailed as exc:
         delay = retry.after(retry.Kind.NOTIFY, attempt, retry_after=exc.retry_after)
         if delay is None:
             log.error(
-                "notification %s (%s) dropped after %d attempts: %s", e.id, e.type, attempt, exc
+                "notification %s (%s) to %s dropped after %d attempts: %s",
+                e.id,
+                e.type,
+                to,
+                attempt,
+                exc,
             )
             return
         log.warning(
-            "notification %s (%s) attempt %d: %s; again in %.0f s",
+            "notification %s (%s) to %s attempt %d: %s; again in %.0f s",
             e.id,
             e.type,
+            to,
             attempt,
             exc,
             delay,
         )
         raise self.retry(countdown=delay) from exc
     else:
-        log.info("notification %s (%s) delivered: HTTP %d", e.id, e.type, status)
+        log.info("notification %s (%s) to %s delivered: HTTP %d", e.id, e.type, to, status)
 
 
 @app.task(bind=True, name=ANNOUNCE_END, max_retries=None)
@@ -150,3 +208,22 @@ def announce_end(self: Any, chain_id: str) -> None:
 @app.task(name=SWEEP)
 def sweep() -> int:
     return runner().sweep()
+
+
+@signals.worker_ready.connect
+def _say_how_callbacks_arrive(**_: Any) -> None:
+    """At start-up: warn when provider callbacks cannot reach (or have not reached) the
+    service; it then learns of its tasks by polling (``worker.core.polling``)."""
+    s = get_settings()
+    client = redis.Redis.from_url(s.redis_url)
+    try:
+        seen = CallbackSeen(client, Keys(s.key_prefix)).last()
+    except redis.RedisError:
+        seen = None
+    finally:
+        client.close()
+    health = polling.callback_health(
+        s.public_base(), seen, now=time.time(), silence=s.callback_silence_seconds
+    )
+    if not health.reachable:
+        log.warning("callbacks: %s", health.reason)

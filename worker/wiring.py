@@ -10,7 +10,9 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.core.retention import Retention
 from worker.settings import Settings
+from worker.state.budget import Budget
 from worker.state.chains import Store, Timing
 from worker.state.slots import Slots
 from worker.state.videos import Videos
@@ -35,13 +37,25 @@ def timing(settings: Settings) -> Timing:
     return Timing(
         poll_after=settings.poll_after_seconds,
         submit_lease=settings.submit_lease_seconds,
+        # POLLING=fixed plans every poll at POLL_AFTER_SECONDS: the sweep's comes after it.
+        poll_grace=settings.sweep_seconds if settings.polling == "fixed" else 0.0,
     )
+
+
+def retention(settings: Settings) -> Retention:
+    """``CHAIN_RETENTION_DAYS`` and ``ARCHIVE_KEEP``."""
+    return Retention.of(settings.chain_retention_days, settings.archive_keep)
 
 
 def state(settings: Settings) -> State:
     client = redis.Redis.from_url(settings.redis_url)
     return State(
-        chains=Store(client, prefix=settings.key_prefix, timing=timing(settings)),
+        chains=Store(
+            client,
+            prefix=settings.key_prefix,
+            timing=timing(settings),
+            retention=retention(settings),
+        ),
         videos=Videos(client, prefix=settings.key_prefix),
     )
 
@@ -51,3 +65,8 @@ def slots(settings: Settings, state: State) -> Slots | None:
     if settings.kling_concurrency is None:
         return None
     return Slots(state.redis, prefix=settings.key_prefix, limit=settings.kling_concurrency)
+
+
+def budget(settings: Settings, state: State) -> Budget:
+    """The daily unit budget: ``DAILY_UNIT_BUDGET``, or one set through the API."""
+    return Budget(state.redis, state.chains.keys, settings.daily_unit_budget)

@@ -27,6 +27,8 @@ from kling.fake.downloads import LostReplyResponse, VideoFileResponse
 from kling.fake.engine import Engine, EngineSettings
 from kling.fake.errors import INVALID_METHOD, KlingError, bad_parameter, not_found
 from kling.fake.faults import FaultsError
+from kling.fake.mp4 import MAX_SECONDS as MAX_MP4_SECONDS
+from kling.fake.mp4 import Mp4Files
 from kling.fake.params import KINDS
 from kling.fake.tasks import Video, envelope, file_url, millis
 
@@ -43,12 +45,14 @@ class Gateway:
         settings = EngineSettings(
             delay=config.delay,
             expire_after=config.expire_after,
-            bytes_per_second=config.bytes_per_second,
+            bytes_per_second=config.random_bytes_per_second(),
             public_url=config.public_url,
         )
+        self.video_format = config.content_format()
+        self.mp4: Mp4Files | None = Mp4Files() if self.video_format == "mp4" else None
         self.engine = Engine(settings, clock=clock, faults=config.initial_faults())
         self.credentials = Credentials(config.api_key, config.access_key, config.secret_key)
-        self.callbacks = CallbackSender(self.engine)
+        self.callbacks = CallbackSender(self.engine, webhook_secret=config.webhook_secret)
         self.seeded: list[Video] = [self.engine.seed_video(d) for d in config.seed_videos]
         self._timers: set[asyncio.Task[None]] = set()
 
@@ -144,7 +148,20 @@ class Gateway:
             location = redirect.location or str(request.url)
             log.info("redirecting the download of %s to %s", video.video_id, location)
             return Response(status_code=redirect.status, headers={"location": location})
-        return VideoFileResponse(self.engine, video, size, request.headers.get("range"))
+        content = None
+        if self.mp4 is not None:  # encoded off the event loop, once per file (then cached)
+            if video.duration > MAX_MP4_SECONDS:
+                raise KlingError(
+                    500,
+                    5000,
+                    f"video {video.video_id} lasts {video.duration:g} s: MP4 files are made for "
+                    f"videos of at most {MAX_MP4_SECONDS:g} s (or run with --video-format random)",
+                )
+            content = await asyncio.to_thread(self.mp4.get, video.video_id, video.duration)
+            size = len(content)
+        return VideoFileResponse(
+            self.engine, video, size, request.headers.get("range"), content=content
+        )
 
     # -- admin ---------------------------------------------------------------------------
 

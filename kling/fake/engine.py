@@ -8,6 +8,7 @@ them so the shell can send the callbacks.
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 import secrets
 import time
@@ -73,6 +74,8 @@ class Stats:
     callbacks_sent: int = 0
     callbacks_dropped: int = 0
     callbacks_failed: int = 0
+    callbacks_signed: int = 0  # sent with webhook-* headers (whatever the signature)
+    callbacks_refused: int = 0  # answered with an HTTP error status
     downloads_started: int = 0
     download_bytes: int = 0
     downloads_redirected: int = 0
@@ -88,8 +91,10 @@ class Engine:
         clock: Callable[[], float] = time.time,
         new_id: Callable[[str], str] = random_id,
         faults: Faults | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.settings = settings or EngineSettings()
+        self._rng = rng or random.Random()
         self._clock = clock
         self._new_id = new_id
         self._initial_faults = faults or Faults()
@@ -220,7 +225,7 @@ class Engine:
             kind=params.kind,
             created_at=now,
             updated_at=now,
-            delay=self.settings.delay,
+            delay=self._task_delay(),
             output_duration=output,
             origin=origin,
             callback_url=params.callback_url,
@@ -238,6 +243,14 @@ class Engine:
         if external is not None:
             self._by_external[external] = task_id
         return task
+
+    def _task_delay(self) -> float:
+        """Seconds a task created now takes: ``task_seconds`` drawn uniformly, else ``delay``."""
+        spread = self.faults.task_seconds
+        if spread is None:
+            return self.settings.delay
+        low, high = spread
+        return self._rng.uniform(low, high)
 
     def _extendable(self, params: CreateParams, extension: float) -> Video:
         video_id = params.video_id or ""

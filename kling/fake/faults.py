@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 RESULT_DURATIONS = ("whole", "segment", "missing")
+CALLBACK_SIGNATURES = ("valid", "rotated", "none", "wrong", "stale")
 
 
 class FaultsError(ValueError):
@@ -96,6 +97,10 @@ class Faults:
     support_external_task_id: bool = True  # false: a relay that takes the field and drops it
     support_task_list: bool = True  # false: the list endpoint answers 404
     callback_envelope: bool = False
+    # With a webhook secret configured, how callbacks are signed: "valid"; "rotated" (an old
+    # secret's signature, then the valid one, as during a rotation); "none" (unsigned);
+    # "wrong" (another secret); "stale" (signed 10 minutes ago). Without a secret: unsigned.
+    callback_signatures: str = "valid"
     download_bytes_per_second: float | None = None
     ranges: bool = True
     # "whole": result videos report the whole video's seconds, as the API says; "segment": an
@@ -110,6 +115,9 @@ class Faults:
     # At most this many of the account's tasks submitted or processing at once; a create past
     # it is refused with HTTP 429 code 1303, as the provider does. Null: no limit.
     account_concurrency: int | None = None
+    # [low, high]: each task created from now on takes a time drawn uniformly from that many
+    # seconds (a spread of task durations), in place of ``--delay``. Null: ``--delay``.
+    task_seconds: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -199,6 +207,12 @@ def _result_durations(name: str, value: object) -> str:
     return str(value)
 
 
+def _callback_signatures(name: str, value: object) -> str:
+    if value not in CALLBACK_SIGNATURES:
+        raise FaultsError(f"{name} must be one of {', '.join(map(repr, CALLBACK_SIGNATURES))}")
+    return str(value)
+
+
 def _redirect_status(name: str, value: object) -> int:
     redirects = (301, 302, 303, 307, 308)
     if isinstance(value, bool) or not isinstance(value, int) or value not in redirects:
@@ -237,6 +251,17 @@ def _units(name: str, value: object) -> str | None:
     raise FaultsError(f'{name} must be a string of units >= 0 (e.g. "1", "0.5") or null')
 
 
+def _spread(name: str, value: object) -> list[float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 2:
+        raise FaultsError(f"{name} must be [low, high] (seconds) or null")
+    low, high = (_seconds(name, v) for v in value)
+    if low > high:
+        raise FaultsError(f"{name}: low ({low:g}) must not be more than high ({high:g})")
+    return [low, high]
+
+
 _SCHEMA: dict[str, Check | dict[str, Check]] = {
     "callbacks": {
         "drop": _probability,
@@ -258,10 +283,12 @@ _SCHEMA: dict[str, Check | dict[str, Check]] = {
     "support_external_task_id": _flag,
     "support_task_list": _flag,
     "callback_envelope": _flag,
+    "callback_signatures": _callback_signatures,
     "download_bytes_per_second": _rate,
     "ranges": _flag,
     "result_durations": _result_durations,
     "unit_cost": _units,
     "failed_unit_cost": _units,
     "account_concurrency": _limit,
+    "task_seconds": _spread,
 }

@@ -16,7 +16,7 @@ from typing import Any
 import uvicorn
 
 from kling.fake.app import Gateway, create_app, gateway_of
-from kling.fake.config import FakeConfig
+from kling.fake.config import VIDEO_FORMATS, FakeConfig
 from kling.fake.errors import ConnectionCut
 from kling.fake.faults import Faults, FaultsError
 from kling.models import VIDEO_LIFETIME_SECONDS
@@ -33,6 +33,7 @@ admin API (no auth):
   GET /_fake/stats                           counters (billed creates per parent...)
 fault knobs (--faults and /_fake/faults):
   callbacks {drop, duplicate, delay_seconds, reorder}, callback_envelope,
+  callback_signatures: valid|rotated|none|wrong|stale (with --webhook-secret),
   fail_next_creates {count, http_status, code, message},
   drop_next_creates {count, mode: reset|hang, hang_seconds},
   fail_next_tasks {count, message}, cut_next_downloads {count, after_bytes},
@@ -40,6 +41,7 @@ fault knobs (--faults and /_fake/faults):
   download_bytes_per_second, ranges, require_parent_task_id, support_external_task_id,
   result_durations: whole|segment|missing (how result videos report their length),
   unit_cost, failed_unit_cost: final_unit_deduction of finished tasks ("1", "0"; null: omitted)
+  task_seconds: [low, high] (each new task takes a time drawn from that spread; null: --delay)
 """
 
 
@@ -109,10 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--access-key", help="access key for JWT auth (env KLING_ACCESS_KEY)")
     parser.add_argument("--secret-key", help="secret key for JWT auth (env KLING_SECRET_KEY)")
     parser.add_argument(
+        "--webhook-secret",
+        help="whsec_... secret to sign callbacks with, as the official API does once a secret "
+        "is made in its console (env KLING_WEBHOOK_SECRET; default: unsigned)",
+    )
+    parser.add_argument(
         "--public-url", help="base of video URLs (default: the base URL of each request)"
     )
     parser.add_argument(
-        "--bytes-per-second", type=_positive_int, default=200_000, help="file bytes per second"
+        "--video-format",
+        choices=VIDEO_FORMATS,
+        default="auto",
+        help="video files: mp4 (a playable test pattern, needs PyAV from the demo extra), "
+        "random (random bytes of --bytes-per-second) or auto (default: mp4 when PyAV is "
+        "installed and --bytes-per-second is not given, else random)",
+    )
+    parser.add_argument(
+        "--bytes-per-second",
+        type=_positive_int,
+        default=None,
+        help="bytes per second of video of random files (default 200000; not used by mp4)",
     )
     parser.add_argument(
         "--expire-after",
@@ -185,6 +203,13 @@ def _auth_summary(gateway: Gateway) -> str:
     return " or ".join(modes) if modes else "none required"
 
 
+def _format_summary(config: FakeConfig) -> str:
+    if config.content_format() == "mp4":
+        ignored = " (--bytes-per-second is not used)" if config.bytes_per_second else ""
+        return f"mp4 (H.264 test pattern showing the elapsed time){ignored}"
+    return f"random bytes, {config.random_bytes_per_second()} per second of video"
+
+
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> FakeConfig:
     """The ``FakeConfig`` of parsed flags; keys fall back to ``KLING_*`` variables.
 
@@ -195,8 +220,10 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Fa
         api_key=args.api_key or environ.get("KLING_API_KEY") or None,
         access_key=args.access_key or environ.get("KLING_ACCESS_KEY") or None,
         secret_key=args.secret_key or environ.get("KLING_SECRET_KEY") or None,
+        webhook_secret=args.webhook_secret or environ.get("KLING_WEBHOOK_SECRET") or None,
         public_url=args.public_url,
         bytes_per_second=args.bytes_per_second,
+        video_format=args.video_format,
         expire_after=args.expire_after,
         faults=args.faults,
         seed_videos=tuple(args.seed_video),
@@ -226,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("uvicorn.error").addFilter(_CutConnectionFilter())
     gateway = gateway_of(app)
     log.info("auth: %s", _auth_summary(gateway))
+    log.info("video files: %s", _format_summary(config))
     server = _Server(uvicorn_config, gateway)
     try:
         server.run()

@@ -22,13 +22,23 @@ def sent() -> list[tuple[str, tuple[Any, ...]]]:
 
 
 @pytest.fixture
-def client(monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, tuple[Any, ...]]]) -> TestClient:
+def web_settings() -> dict[str, Any]:
+    """Settings the ``client`` fixture's app gets on top of its own; a module overrides it."""
+    return {}
+
+
+@pytest.fixture
+def client(
+    monkeypatch: pytest.MonkeyPatch,
+    sent: list[tuple[str, tuple[Any, ...]]],
+    web_settings: dict[str, Any],
+) -> TestClient:
     """The web app with the API token sent, its Redis a fakeredis server, tasks into ``sent``."""
     server = fakeredis.FakeServer()
     monkeypatch.setattr(
         webapp.redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server)
     )
-    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=TOKEN)  # type: ignore[arg-type]
+    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=TOKEN, **web_settings)  # type: ignore[arg-type]
 
     def send_task(name: str, args: tuple[Any, ...]) -> None:
         sent.append((name, tuple(args)))

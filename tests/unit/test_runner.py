@@ -482,7 +482,13 @@ def test_a_video_archived_before_its_chain_learned_of_it_settles_the_chain_at_on
     assert record is not None
     assert (record.chain_id, record.origin, record.state) == (cid, "chain", "archived")
     assert rig.store.get(cid).status.value == "succeeded"
-    assert videos.counts() == {"pending": 0, "archived": 1, "lost": 0}
+    assert videos.counts() == {
+        "pending": 0,
+        "archived": 1,
+        "lost": 0,
+        "superseding": 0,
+        "superseded": 0,
+    }
 
 
 def test_owed_work_of_a_kind_no_longer_owed_is_dropped(rig: Rig) -> None:

@@ -24,6 +24,7 @@ from enum import StrEnum
 from typing import Any
 
 from kling.models import Task, TaskKind, TaskStatus
+from worker.core import budget
 from worker.core.videos import VideoRecord, VideoState, archive_entry, unsafe_id
 
 MAX_TOTAL_SECONDS = 180.0
@@ -45,6 +46,7 @@ class EndReason(StrEnum):
     TARGET_REACHED = "target_reached"
     STEPS_DONE = "steps_done"
     CAP_REACHED = "cap_reached"
+    BUDGET_REACHED = "budget_reached"  # the next step would pass the chain's max_units
 
 
 class StepStatus(StrEnum):
@@ -88,6 +90,11 @@ class Spec:
     prompts: list[str] = field(default_factory=list)
     target_seconds: float | None = None
     steps: int | None = None
+    max_units: str | None = None  # the most the chain may spend, in the provider's units
+    # The caller's own webhook (worker.core.webhooks), and what it filters; echoed metadata.
+    webhook_url: str | None = None
+    webhook_events: list[str] | None = None  # None: every event about the chain
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass
@@ -112,6 +119,10 @@ class Step:
     retry_at: float | None = None
     news_at: float | None = None
     units: str | None = None  # what the provider reports the finished task cost; None: unknown
+    # When the step reached each stage (``_stamp``); None: not (yet), or stored before these.
+    submitted_at: float | None = None
+    processing_at: float | None = None
+    ended_at: float | None = None
 
 
 @dataclass
@@ -205,6 +216,8 @@ class Chain:
             "duration": self.duration,
             "target_seconds": self.spec.target_seconds,
             "steps_requested": self.spec.steps,
+            "metadata": self.spec.metadata,
+            "max_units": self.spec.max_units,
             "source": {
                 "video_id": self.spec.video_id,
                 "task_id": self.spec.task_id,
@@ -223,6 +236,10 @@ class Chain:
                     "duration": s.duration,
                     "error": s.error,
                     "units": s.units,
+                    "first_try_at": s.first_try_at,
+                    "submitted_at": s.submitted_at,
+                    "processing_at": s.processing_at,
+                    "ended_at": s.ended_at,
                 }
                 for s in self.steps
             ],
@@ -421,6 +438,9 @@ class Claim:
     index: int
     owner: str
     lease: float
+    # The account's latest reported cost per task kind: the chain's budget estimates a step
+    # it has not yet paid for from it (``worker.core.budget``).
+    account_costs: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -505,6 +525,12 @@ class AwaitSlot:
     waiting: str
 
 
+@dataclass(frozen=True)
+class AwaitBudget(AwaitSlot):
+    """The claimant of step ``index`` found the account's daily budget spent or reserved
+    (``worker.core.budget.admit``): nothing was sent; the step waits, saying so."""
+
+
 Event = (
     Claim
     | Submitted
@@ -542,6 +568,7 @@ class Outcome:
     verdict: Verdict = Verdict.SKIP
     ended: bool = False  # this event is the one that made the chain succeed, fail or cancel
     refused: str | None = None  # why a Cancel or Resume cannot be done (the API's 409)
+    succeeded: list[int] = field(default_factory=list)  # steps this event made succeed
 
 
 def apply(chain: Chain, event: Event, now: float) -> Outcome:
@@ -585,7 +612,7 @@ def evolve(new: Chain, event: Event, now: float, *, before: Chain) -> Outcome:
             step = new.step(event.index)
             if step.status is StepStatus.SUBMITTING and step.owner == event.owner:
                 step.status, step.owner, step.claimed_at = StepStatus.PENDING, None, None
-        case AwaitSlot():
+        case AwaitSlot():  # or AwaitBudget
             step = new.step(event.index)
             if step.status is StepStatus.SUBMITTING and step.owner == event.owner:
                 step.status, step.owner, step.claimed_at = StepStatus.PENDING, None, None
@@ -594,11 +621,28 @@ def evolve(new: Chain, event: Event, now: float, *, before: Chain) -> Outcome:
                 # lookup window start when it is sent, not while it waits in line.
                 step.first_try_at = None
                 new.waiting = event.waiting
+    _stamp(chain, new, now)
     if new != chain:
         new.updated_at = now
     finished = (ChainStatus.SUCCEEDED, ChainStatus.FAILED, ChainStatus.CANCELLED)
     out.ended = chain.status not in finished and new.status in finished
     return out
+
+
+def _stamp(before: Chain, new: Chain, now: float) -> None:
+    """Note when each step that changed status reached it (the dashboard's timeline)."""
+    for step in new.steps:
+        old = before.steps[step.index].status if step.index < len(before.steps) else None
+        if step.status is old:
+            continue
+        if step.status is StepStatus.SUBMITTED:
+            step.submitted_at = now
+        elif step.status is StepStatus.PROCESSING:
+            step.processing_at = now
+        elif step.status.done:
+            step.ended_at = now
+        else:  # back to pending or claimed (resumed, or a claim given back): not ended
+            step.ended_at = None
 
 
 def _claim(chain: Chain, event: Claim, now: float, out: Outcome) -> None:
@@ -608,6 +652,11 @@ def _claim(chain: Chain, event: Claim, now: float, out: Outcome) -> None:
     if step.status is StepStatus.PENDING and chain.cancelled_at is None:
         if step.retry_at is not None and step.retry_at > now:
             return  # backing off; the scheduled retry will come back
+        over = budget.over_chain_budget(chain, step.kind, event.account_costs)
+        if over is not None:  # never sent: the chain ends with what it has
+            chain.end_reason, chain.waiting = EndReason.BUDGET_REACHED, None
+            step.error = f"not sent: {over}"
+            return
         step.status, step.owner, step.claimed_at = StepStatus.SUBMITTING, event.owner, now
         step.first_try_at = step.first_try_at or now
         out.verdict = Verdict.GO
@@ -677,6 +726,8 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
         # A doubted step's video is recorded and archived all the same (it was paid for, and
         # only its reported length is in question), but the step fails and nothing follows.
         step.status = StepStatus.SUCCEED if doubt is None else StepStatus.FAILED
+        if doubt is None:
+            out.succeeded.append(step.index)
         step.error = doubt
         step.video_id, step.video_url, step.duration = video.id, video.url, video.duration
         step.video_created_at = task.created_at_ms / 1000 if task.created_at_ms else now
@@ -689,6 +740,8 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
             reason = end_reason_after(
                 chain.spec, video.duration, _extensions_done(chain), ceiling=chain_ceiling(chain)
             )
+            if reason is None and budget.over_chain_budget(chain, TaskKind.VIDEO_EXTEND, {}):
+                reason = EndReason.BUDGET_REACHED  # judged on what this chain has paid
             if reason is not None and chain.cancelled_at is None:
                 chain.end_reason, chain.waiting = reason, None
         if unsafe is not None:  # never a file name nor a key: lost at once, and no record

@@ -8,6 +8,10 @@ A chain's videos live in the archive's records (``worker.state.videos``). The tr
 that asks for a video to be archived registers its record in the same MULTI, and the change
 that archives or loses the record tells its chain in the same MULTI: no crash can leave a
 video the chain made unknown to the archive, nor a chain waiting for a settled video.
+
+A finished chain's document expires after ``CHAIN_RETENTION_DAYS`` (``_put``; a resume
+clears it) and the sweep takes it out of the listing (``trim_expired``); with
+``ARCHIVE_KEEP=final`` the change that makes a chain succeed owes its prune (``prune``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -24,17 +28,22 @@ from kling.models import VIDEO_LIFETIME_SECONDS
 from worker.core.chain import (
     ArchiveVideo,
     Chain,
+    ChainStatus,
     Event,
     Outcome,
+    TaskUpdate,
     VideoSettled,
     apply,
     evolve,
     video_record,
 )
 from worker.core.reconcile import Capability
+from worker.core.retention import Keep, Retention, expires, newly_succeeded
 from worker.core.schedule import Due, schedule
 from worker.core.videos import VideoRecord, adopt
 from worker.state import Read, Writes, optimistic, spend
+from worker.state import metrics as figures
+from worker.state.budget import release
 from worker.state.keys import Keys
 from worker.state.videos import write
 
@@ -54,14 +63,32 @@ return items
 """
 
 
+KEEP_ALL = Retention()  # chains kept for ever, every archived file kept: the store's default
+
+
 class UnknownChain(KeyError):
     """No chain has this id."""
+
+
+SCAN_BATCH = 100  # chains read at once while looking for those in one status
+MAX_SCANNED = 1000  # chains one filtered page reads at most, before it hands back a cursor
+
+
+@dataclass(frozen=True)
+class Page:
+    """Chains newest first, and the ``before`` that continues after them (None: no more)."""
+
+    chains: list[Chain]
+    next_before: float | None
 
 
 @dataclass(frozen=True)
 class Timing:
     poll_after: float
     submit_lease: float
+    # The sweep's poll of a quiet task comes this much after poll_after: with polls planned
+    # at poll_after (POLLING=fixed), it then only stands in for a plan that was lost.
+    poll_grace: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -81,11 +108,13 @@ class Store:
         *,
         prefix: str,
         timing: Timing,
+        retention: Retention = KEEP_ALL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.redis = client
         self.keys = Keys(prefix)
         self.timing = timing
+        self.retention = retention
         self.clock = clock
         self._take_due = client.register_script(_TAKE_DUE)
 
@@ -99,7 +128,7 @@ class Store:
     def _schedule(self, chain: Chain) -> dict[str, float]:
         """The chain's owed work as the members of the ``due`` set."""
         t = self.timing
-        due = schedule(chain, poll_after=t.poll_after, submit_lease=t.submit_lease)
+        due = schedule(chain, poll_after=t.poll_after + t.poll_grace, submit_lease=t.submit_lease)
         return {d.member: at for d, at in due.items()}
 
     def create(self, chain: Chain) -> None:
@@ -109,6 +138,7 @@ class Store:
             due = self._schedule(chain)
             if due:
                 pipe.zadd(self._due, due)
+            figures.chain_moved(pipe, self.keys, None, chain.status.value)
             created, *_ = pipe.execute()
         if not created:
             raise ValueError(f"chain {chain.id} exists already")
@@ -116,11 +146,14 @@ class Store:
     def claim_key(self, key: str, chain_id: str, fingerprint: str, ttl: int) -> tuple[str, str]:
         """Bind an Idempotency-Key to ``chain_id`` unless it is bound already.
 
-        Returns the (chain id, body fingerprint) the key belongs to: ours when we won.
+        Returns the (chain id, body fingerprint) the key belongs to: ours when we won. The key
+        is kept ``ttl`` seconds, or less when finished chains are kept less: it never outlives
+        the chain it names.
         """
         name = self.keys.idempotency(key)
         value = f"{chain_id} {fingerprint}"
-        if self.redis.set(name, value, nx=True, ex=ttl):
+        ms = min(ttl * 1000, self.retention.chain_ms or ttl * 1000)
+        if self.redis.set(name, value, nx=True, px=ms):
             return chain_id, fingerprint
         held = _text(self.redis.get(name) or value)
         owner, _, seen = held.partition(" ")
@@ -139,6 +172,51 @@ class Store:
             return []
         raws = self.redis.mget([self._key(_text(i)) for i in ids])
         return [Chain.from_json(r) for r in raws if r is not None]
+
+    def page(
+        self,
+        *,
+        limit: int,
+        before: float | None = None,
+        status: ChainStatus | None = None,
+        max_scanned: int = MAX_SCANNED,
+    ) -> Page:
+        """Up to ``limit`` chains created before ``before``, newest first; with ``status``,
+        only those in it.
+
+        A status is derived from the chain (it changes with every transition), so there is no
+        index per status: the listing is read on, past the chains in other states, until
+        ``limit`` match or it ends. A page that has read ``max_scanned`` chains stops early,
+        short, with ``next_before`` where it stopped: paging on never skips a chain.
+        """
+        top = f"({before}" if before is not None else "+inf"
+        found: list[Chain] = []
+        offset = scanned = 0
+        while True:
+            batch = limit if status is None else min(SCAN_BATCH, max_scanned - scanned)
+            ids = cast(
+                "list[tuple[bytes, float]]",
+                self.redis.zrevrangebyscore(
+                    self.keys.chains, top, "-inf", start=offset, num=batch, withscores=True
+                ),
+            )
+            if not ids:
+                return Page(found, None)
+            raws = self.redis.mget([self._key(_text(i)) for i, _ in ids])
+            for raw in raws:
+                scanned += 1
+                if raw is None:
+                    continue  # listed, but its document is gone
+                chain = Chain.from_json(raw)
+                if status is None or chain.status is status:
+                    found.append(chain)
+                    if len(found) == limit:
+                        return Page(found, chain.created_at)
+            if len(ids) < batch:
+                return Page(found, None)  # the listing ended
+            offset += len(ids)
+            if scanned >= max_scanned:
+                return Page(found, float(ids[-1][1]))
 
     def transition(self, chain_id: str, event: Event) -> Outcome:
         """Apply ``event`` atomically (optimistic WATCH/MULTI, retried on conflict)."""
@@ -204,7 +282,7 @@ class Store:
         ended = spend.newly_settled(old, chain)
 
         def writes(pipe: Any) -> None:
-            pipe.set(self._key(chain.id), chain.to_json())
+            self._put(pipe, old, chain, now)
             gone = [m for m in before if m not in after]
             if gone:
                 pipe.zrem(self._due, *gone)
@@ -215,8 +293,65 @@ class Store:
                 if record != known:
                     write(pipe, self.keys, known, record)
             spend.count(pipe, self.keys, chain, ended, now)
+            figures.chain_moved(pipe, self.keys, old.status.value, chain.status.value)
+            if isinstance(event, TaskUpdate) and any(s.index == event.index for s in ended):
+                figures.task_ended(pipe, self.keys, event.task)  # once: the step ends once
+            release(pipe, self.keys, old, chain)  # what was reserved is spent, or not needed
 
         return writes, out
+
+    def _put(self, pipe: Any, old: Chain, chain: Chain, now: float) -> None:
+        """Queue the write of the chain document, with its expiry (``CHAIN_RETENTION_DAYS``)
+        once it is finished and owes nothing.
+
+        A plain SET also clears any TTL the document had, so a resumed chain (running again)
+        is kept for as long as it runs. ``chains_expiring`` mirrors the expiry for the sweep
+        (``trim_expired``). With ``ARCHIVE_KEEP=final`` the change that makes the chain
+        succeed also owes the deletion of what its final video supersedes (``prune``).
+        """
+        key, ttl = self._key(chain.id), self.retention.chain_ms
+        if ttl is not None and expires(chain):
+            pipe.set(key, chain.to_json(), px=ttl)
+            pipe.zadd(self.keys.chains_expiring, {chain.id: now + ttl / 1000})
+        else:
+            pipe.set(key, chain.to_json())  # no TTL: a running (or resumed) chain stays
+            if ttl is not None and expires(old):
+                pipe.zrem(self.keys.chains_expiring, chain.id)
+        if self.retention.keep is Keep.FINAL and newly_succeeded(old, chain):
+            pipe.zadd(self.keys.prune, {chain.id: now + self.timing.poll_after})
+
+    # -- retention: expired chains, and succeeded chains owed a prune ---------------------------
+    def trim_expired(self, *, now: float, limit: int = 500) -> int:
+        """Take chains whose document expired out of the listing; returns how many."""
+        ids = [
+            _text(i)
+            for i in self.redis.zrangebyscore(self.keys.chains_expiring, "-inf", now, 0, limit)
+        ]
+        if not ids:
+            return 0
+        with self.redis.pipeline(transaction=False) as pipe:
+            for chain_id in ids:
+                pipe.pttl(self._key(chain_id))
+            ttls = pipe.execute()
+        gone = [c for c, ttl in zip(ids, ttls, strict=True) if ttl == -2]
+        kept = [c for c, ttl in zip(ids, ttls, strict=True) if ttl == -1]  # taken on again
+        with self.redis.pipeline(transaction=True) as pipe:
+            if gone:
+                pipe.zrem(self.keys.chains, *gone)
+            if gone or kept:
+                pipe.zrem(self.keys.chains_expiring, *gone, *kept)
+            pipe.execute()
+        # A chain id is never used again, so one whose document is gone cannot come back.
+        return len(gone)
+
+    def take_prunes(self, *, now: float, hold: float, limit: int = 100) -> list[str]:
+        """Succeeded chains owed a prune whose fast path has not finished it, each held back
+        for ``hold`` seconds so it is handed out once."""
+        taken = self._take_due(keys=[self.keys.prune], args=[now, now + hold, limit])
+        return [_text(i) for i in taken]
+
+    def prune_done(self, chain_id: str) -> None:
+        self.redis.zrem(self.keys.prune, chain_id)
 
     def take_due(self, *, now: float, hold: float, limit: int = 500) -> list[Due]:
         """Due work, each item held back for ``hold`` seconds so it is handed out once."""
