@@ -5,10 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("psutil")  # the bench extra
-
 from bench.report import Section, write_results
 
 FACTS = {"cores_logical": 2}
