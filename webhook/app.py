@@ -17,13 +17,14 @@ import re
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import redis
 from kombu.exceptions import OperationalError
 from pydantic import ValidationError
+from redis import asyncio as aioredis
 from starlette.applications import Starlette
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -44,6 +45,7 @@ from worker.core import polling, tokens
 from worker.core.chain import Cancel, ChainStatus, Resume, SubmitStep, new_chain
 from worker.core.metrics import CallbackOutcome
 from worker.core.videos import SAFE_ID, VideoRecord, VideoState
+from worker.publish import Publisher
 from worker.queues import Queues
 from worker.settings import ConfigError, Settings, get_settings
 from worker.state.budget import Budget
@@ -139,6 +141,7 @@ class Web:
         self.store = store
         self.videos = videos
         self.send_task = send_task
+        self.publisher: Publisher | None = None  # None: every task through send_task
         self.secret = settings.secret()
         self.spend = Spend(store.redis, store.keys)
         self.signed = SignedCallbacks(
@@ -161,7 +164,16 @@ class Web:
         )
 
     async def enqueue(self, name: str, *args: Any) -> None:
-        await run_in_threadpool(self.send_task, name, args=args)
+        if self.publisher is None:
+            await run_in_threadpool(self.send_task, name, args=args)
+            return
+        try:
+            await self.publisher.publish(name, args)
+        except redis.RedisError as exc:  # the broker is Redis: handled as Celery's would be
+            raise OperationalError(str(exc)) from exc
+
+    async def _send_task(self, name: str, args: Sequence[Any]) -> None:
+        await run_in_threadpool(self.send_task, name, args=tuple(args))
 
     async def create_chain(self, request: Request) -> Response:
         body = await read_capped(request, MAX_REQUEST_BYTES)
@@ -317,14 +329,19 @@ class Web:
         task, webhook_id = await self._callback_task(request)
         await self._saw_callback()
         succeeded = (chain_id, index) if task.status is TaskStatus.SUCCEED else None
-        await self._count_callback(CallbackOutcome.ACCEPTED, succeeded)
-        if not await self.signed.first(webhook_id):
-            return JSONResponse({"ok": True, "duplicate": True})
         # A callback is only a hint: the worker confirms it with a query before acting. The
         # task it names is a candidate for a step whose create reply has not come home yet.
+        # The claimed status rides along: the worker skips the query for one before the end
+        # once it knows the step's task (only a terminal status leads to action).
         candidate = task.task_id if SAFE_ID.match(task.task_id) else None
-        async with self.signed.taken(webhook_id):
-            await self.enqueue(REFRESH_STEP, chain_id, index, candidate)
+        refresh = (chain_id, index, candidate, None, task.status.value)
+        fast = webhook_id is None  # unsigned: nothing to deduplicate before queueing
+        if not (fast and await self._count_and_enqueue(succeeded, REFRESH_STEP, refresh)):
+            await self._count_callback(CallbackOutcome.ACCEPTED, succeeded)
+            if not await self.signed.first(webhook_id):
+                return JSONResponse({"ok": True, "duplicate": True})
+            async with self.signed.taken(webhook_id):
+                await self.enqueue(REFRESH_STEP, *refresh)
         log.info(
             "callback %s/%s: task %s %s",
             chain_id,
@@ -377,6 +394,23 @@ class Web:
             outcome = CALLBACK_REFUSALS.get(exc.status_code, CallbackOutcome.MALFORMED)
             await self._count_callback(outcome)
             raise
+
+    async def _count_and_enqueue(
+        self, succeeded: tuple[str, int] | None, name: str, args: tuple[Any, ...]
+    ) -> bool:
+        """An accepted callback's count and its task, in one pipeline on the broker (no
+        thread hop); False when that is not possible here (then count and enqueue apart)."""
+        if self.publisher is None:
+            return False
+        try:
+            async with self.publisher.redis.pipeline(transaction=False) as pipe:
+                if not self.publisher.queue_on(pipe, name, args):
+                    return False
+                self.figures.queue_callback(pipe, CallbackOutcome.ACCEPTED, succeeded)
+                await pipe.execute()
+        except redis.RedisError as exc:  # as a failed publish: the provider will retry
+            raise OperationalError(str(exc)) from exc
+        return True
 
     async def _count_callback(
         self, outcome: CallbackOutcome, succeeded: tuple[str, int] | None = None
@@ -658,11 +692,15 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
     if not any(isinstance(f, RedactCallbackTokens) for f in access.filters):
         access.addFilter(RedactCallbackTokens())
     built = wiring.state(settings)
+    broker = None
     if send_task is None:
         from worker.celery import app as celery_app
 
         send_task = celery_app.send_task
+        broker = aioredis.Redis.from_url(settings.redis_url)
     web = Web(settings, built.chains, built.videos, send_task)
+    if broker is not None:  # one LPUSH per task, from a template Celery made (worker.publish)
+        web.publisher = Publisher(celery_app, broker, web._send_task)
     _say_how_callbacks_arrive(web)
     board = Dashboard(settings, built.videos, web.secret)
     document = openapi.document(bearer=token is not None, is_open=RequireToken.is_open)
@@ -674,6 +712,8 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
         built.close()
+        if broker is not None:
+            await broker.aclose()
 
     return Starlette(
         routes=[

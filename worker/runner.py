@@ -22,7 +22,7 @@ from kling.errors import (
     PermanentError,
     RetryableError,
 )
-from kling.models import ExtendRequest, Task, TaskKind, Text2VideoRequest
+from kling.models import ExtendRequest, Task, TaskKind, TaskStatus, Text2VideoRequest
 from worker.archiver import Archiver
 from worker.core import budget, polling, retry, slots, tokens
 from worker.core.chain import (
@@ -70,6 +70,9 @@ from worker.state.slots import Slots
 from worker.tasknames import ARCHIVE_VIDEO, REFRESH_STEP, SUBMIT_STEP
 
 log = logging.getLogger(__name__)
+
+# What a callback may claim before the end: nothing is acted on, so nothing is queried.
+EARLY_STATUSES = frozenset({TaskStatus.SUBMITTED.value, TaskStatus.PROCESSING.value})
 
 
 def _fields(chain_id: str, step: int, event: str, task_id: str | None = None) -> dict[str, Any]:
@@ -443,6 +446,7 @@ class Runner:
         candidate: str | None = None,
         attempt: int = 0,
         planned: float | None = None,
+        reported: str | None = None,
     ) -> float | None:
         """Query the step's task and apply what it says. ``candidate``: the task id that a
         callback on the step's own URL named, for a step whose create reply is not home yet.
@@ -450,11 +454,18 @@ class Runner:
         ``planned``: this is the poll a query planned (``_plan_poll``), named by the step's
         ``news_at`` that query wrote. When the step has had news since, another query (a
         callback's, the sweep's) planned the step's next poll instead: this one is dropped,
-        so a step never has more than one planned poll going."""
+        so a step never has more than one planned poll going.
+
+        ``reported``: the status the callback that asked for this claimed. Only a terminal
+        status leads to any action, so a callback claiming an earlier one (``submitted``,
+        ``processing``) costs no query once the step's task is known; it still names its
+        task for a step whose create reply is not home yet."""
         step = self.store.get(chain_id).step(index)
         if step.status.done:
             return None
         if planned is not None and step.news_at != planned:
+            return None
+        if step.task_id is not None and reported is not None and reported in EARLY_STATUSES:
             return None
         if step.task_id is None:
             # Only a step mid-submit can be racing its own create reply; anything else is news

@@ -19,6 +19,7 @@ from worker.core import polling, retry
 from worker.core.chain import ChainStatus, Outcome
 from worker.outbound import notify as notifications
 from worker.outbound.urls import display
+from worker.publish import Publisher
 from worker.runner import Runner
 from worker.settings import ConfigError, get_settings
 from worker.state.chains import UnknownChain
@@ -39,7 +40,14 @@ log = logging.getLogger(__name__)
 
 
 def enqueue(name: str, args: tuple[Any, ...]) -> None:
-    app.send_task(name, args=args)
+    publisher().publish_now(name, args)
+
+
+@cache
+def publisher() -> Publisher:
+    """Tasks sent as one LPUSH each on the state's Redis (the broker), from templates Celery
+    made (``worker.publish``); Celery's ``send_task`` for any it could not make."""
+    return Publisher(app, state().redis, lambda name, args: app.send_task(name, args=args))
 
 
 def later(name: str, args: tuple[Any, ...], countdown: float) -> None:
@@ -110,13 +118,20 @@ def refresh_step(
     index: int,
     candidate: str | None = None,
     planned: float | None = None,
+    reported: str | None = None,
 ) -> None:
-    """``planned``: a poll a query planned (``Runner._plan_poll``); a Celery retry keeps it."""
+    """``planned``: a poll a query planned (``Runner._plan_poll``); a Celery retry keeps it.
+    ``reported``: the status a callback claimed (``Runner.refresh``)."""
     r, req = runner(), self.request
     _run(
         self,
         lambda: r.refresh(
-            chain_id, index, candidate=candidate, attempt=req.retries, planned=planned
+            chain_id,
+            index,
+            candidate=candidate,
+            attempt=req.retries,
+            planned=planned,
+            reported=reported,
         ),
     )
 

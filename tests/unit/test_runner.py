@@ -629,3 +629,43 @@ def test_an_outside_task_with_an_unsafe_video_id_records_nothing(rig: Rig) -> No
     assert rig.runner.archiver.archive_task("text2video", "x2", "request") is None
     assert rig.runner.archiver.videos.get("../etc/passwd") is None
     assert rig.queued == []
+
+
+def test_a_callback_claiming_an_early_status_costs_no_query(rig: Rig) -> None:
+    cid = rig.chain()
+    rig.runner.submit(cid, 0, owner="a")
+    task_id = rig.store.get(cid).step(0).task_id
+    assert task_id is not None
+    queried: list[str] = []
+    real_get = rig.provider.get
+
+    def counting_get(kind: TaskKind, tid: str) -> Task:
+        queried.append(tid)
+        return real_get(kind, tid)
+
+    rig.provider.get = counting_get  # type: ignore[method-assign]
+    rig.provider.tasks[task_id] = Task(task_id, TaskStatus.PROCESSING)
+    # Given callbacks claiming submitted and processing: nothing to act on, nothing queried.
+    for early in ("submitted", "processing"):
+        assert rig.runner.refresh(cid, 0, candidate=task_id, reported=early) is None
+    assert queried == []
+    assert rig.store.get(cid).step(0).status is StepStatus.SUBMITTED
+    # A terminal claim is confirmed by a query before anything happens.
+    rig.provider.tasks[task_id] = Task(
+        task_id, TaskStatus.SUCCEED, videos=(Video("v1", "https://cdn.example/v1.mp4", 10.0),)
+    )
+    rig.runner.refresh(cid, 0, candidate=task_id, reported="succeed")
+    assert queried == [task_id]
+    assert rig.store.get(cid).step(0).status is StepStatus.SUCCEED
+
+
+def test_an_early_callback_still_names_the_task_of_a_step_whose_reply_was_lost(rig: Rig) -> None:
+    cid = rig.chain()
+    rig.provider.script = [AmbiguousCreate("read timed out")]
+    rig.runner.submit(cid, 0, owner="a")
+    step = rig.store.get(cid).step(0)
+    assert step.status is StepStatus.SUBMITTING
+    assert step.task_id is None
+    [task_id] = list(rig.provider.tasks)  # the create landed; its reply did not come home
+    rig.runner.refresh(cid, 0, candidate=task_id, reported="processing")
+    assert rig.store.get(cid).step(0).task_id == task_id

@@ -33,7 +33,7 @@ def test_valid_callback_is_acknowledged_and_queued_for_a_confirming_query(
 ) -> None:
     reply = client.post(callback_path(), json=BODY)
     assert reply.status_code == 200
-    assert sent == [(REFRESH_STEP, ("c1", 0, "t1"))]
+    assert sent == [(REFRESH_STEP, ("c1", 0, "t1", None, "succeed"))]
 
 
 def test_enveloped_callback_is_accepted(

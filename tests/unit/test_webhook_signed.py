@@ -78,13 +78,13 @@ def test_a_validly_signed_callback_is_queued(client: TestClient, sent: Sent) -> 
     reply = post(client, signed())
     assert reply.status_code == 200, reply.text
     assert reply.json() == {"ok": True}
-    assert sent == [(REFRESH_STEP, ("c1", 0, "t1"))]
+    assert sent == [(REFRESH_STEP, ("c1", 0, "t1", None, "succeed"))]
 
 
 def test_an_enveloped_signed_callback_is_queued(client: TestClient, sent: Sent) -> None:
     body = json.dumps({"code": 0, "message": "SUCCEED", "data": json.loads(BODY)}).encode()
     assert post(client, signed(body), body).status_code == 200
-    assert sent == [(REFRESH_STEP, ("c1", 0, "t1"))]
+    assert sent == [(REFRESH_STEP, ("c1", 0, "t1", None, "succeed"))]
 
 
 @pytest.mark.parametrize(
@@ -260,7 +260,7 @@ def test_a_repeated_delivery_is_200_and_enqueued_once(client: TestClient, sent: 
     assert first.json() == {"ok": True}
     assert {r.status_code for r in again} == {200}
     assert all(r.json() == {"ok": True, "duplicate": True} for r in again)
-    assert sent == [(REFRESH_STEP, ("c1", 0, "t1"))]
+    assert sent == [(REFRESH_STEP, ("c1", 0, "t1", None, "succeed"))]
 
 
 def test_different_messages_are_each_enqueued(client: TestClient, sent: Sent) -> None:
@@ -308,7 +308,7 @@ def test_a_delivery_whose_enqueue_failed_is_acted_on_when_it_comes_again(
     reply = post(client, signed(msg_id="msg_a"))  # the provider's redelivery
     assert reply.json() == {"ok": True}
     assert post(client, signed(msg_id="msg_a")).json() == {"ok": True, "duplicate": True}
-    assert sent == [(REFRESH_STEP, ("c1", 0, "t1"))]
+    assert sent == [(REFRESH_STEP, ("c1", 0, "t1", None, "succeed"))]
 
 
 # -- the account-wide archive route ------------------------------------------------------------

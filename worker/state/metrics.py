@@ -163,15 +163,18 @@ class Metrics:
     ) -> None:
         """A callback's outcome; ``succeeded``: the step (chain, index) it says succeeded,
         whose next step's turnaround starts now (the first such callback only)."""
-        now = self.clock()
+        self._send(
+            f"a callback ({outcome})", lambda pipe: self.queue_callback(pipe, outcome, succeeded)
+        )
 
-        def queue(pipe: Any) -> None:
-            self._add(pipe, CALLBACKS.name, (outcome.value,))
-            if succeeded is not None:
-                key = self.keys.callback_arrived(*succeeded)
-                pipe.set(key, repr(now), nx=True, ex=ARRIVAL_TTL)
-
-        self._send(f"a callback ({outcome})", queue)
+    def queue_callback(
+        self, pipe: Any, outcome: CallbackOutcome, succeeded: tuple[str, int] | None = None
+    ) -> None:
+        """``callback``'s commands, queued on any pipeline (the web's asyncio one too)."""
+        self._add(pipe, CALLBACKS.name, (outcome.value,))
+        if succeeded is not None:
+            key = self.keys.callback_arrived(*succeeded)
+            pipe.set(key, repr(self.clock()), nx=True, ex=ARRIVAL_TTL)
 
     def queried(self, outcome: QueryOutcome) -> None:
         self._send(f"a query ({outcome})", lambda p: self._add(p, QUERIES.name, (outcome.value,)))
