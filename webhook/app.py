@@ -424,7 +424,7 @@ class Web:
         asked of Redis; the URL token was checked before.
         """
         body = await read_capped(request, MAX_CALLBACK_BYTES)
-        where = redact_path(request.url.path)
+        where = redact_path(request.scope["path"])
         webhook_id = self.signed.verify(body, request.headers, where=where)
         return task_of(body), webhook_id
 

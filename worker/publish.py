@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,7 +29,7 @@ from typing import Any
 from celery import Celery
 from celery.utils.saferepr import saferepr
 from kombu.connection import Connection
-from kombu.utils.json import dumps, loads
+from kombu.utils.json import loads
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,24 @@ class Template:
         self.rest = (kwargs, embed)
 
     def render(self, args: Sequence[Any]) -> str:
-        """The message for ``args``, as the Redis transport stores it (JSON)."""
-        message = copy.deepcopy(self.message)
+        """The message for ``args``, as the Redis transport stores it (JSON). The template
+        is copied one level down only: what is filled lives there, the rest is shared and
+        serialised at once (a deep copy was a third of the cost)."""
         task_id = str(uuid.uuid4())
+        headers, props = dict(self.message["headers"]), dict(self.message["properties"])
+        message = {**self.message, "headers": headers, "properties": props}
         for section, key in _IDS:
             message[section][key] = task_id
-        if "parent_id" in message["headers"]:  # a new root, even when captured inside a task
-            message["headers"]["parent_id"] = None
-        message["headers"]["argsrepr"] = saferepr(tuple(args), self.argsrepr_max)
-        message["properties"]["delivery_tag"] = str(uuid.uuid4())
-        body = dumps([list(args), *self.rest])
+        if "parent_id" in headers:  # a new root, even when captured inside a task
+            headers["parent_id"] = None
+        shown = repr(tuple(args))  # what saferepr gives for short arguments, for less
+        if len(shown) > self.argsrepr_max:
+            shown = saferepr(tuple(args), self.argsrepr_max)
+        headers["argsrepr"] = shown
+        props["delivery_tag"] = str(uuid.uuid4())
+        body = json.dumps([list(args), *self.rest])
         message["body"] = base64.b64encode(body.encode()).decode()
-        return str(dumps(message))
+        return json.dumps(message)
 
 
 def capture(app: Celery, name: str) -> Template | str:
