@@ -390,6 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--target", type=float, default=30.0)
     demo.add_argument("--delay", type=float, default=1.5, help="fake gateway seconds per task")
     demo.add_argument("--archive-dir", default="demo-archive")
+    demo.add_argument(
+        "--stay",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the service (and its dashboard) up after the chain until Ctrl-C "
+        "(default: when run in a terminal)",
+    )
     return parser
 
 
@@ -405,7 +412,14 @@ def main(argv: list[str] | None = None) -> int:
             from chainctl.demo import run_demo
 
             try:
-                return run_demo(target=args.target, delay=args.delay, archive_dir=args.archive_dir)
+                interactive = sys.stdin.isatty() and sys.stdout.isatty()
+                stay = interactive if args.stay is None else args.stay
+                return run_demo(
+                    target=args.target,
+                    delay=args.delay,
+                    archive_dir=args.archive_dir,
+                    stay=stay,
+                )
             except RuntimeError as exc:  # e.g. the demo extra is not installed
                 raise CliError(str(exc)) from exc
         code: int = args.run(args)

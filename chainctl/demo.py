@@ -6,8 +6,10 @@ and beat processes of the Procfile; then a chain from a 5 s video to 30 s, watch
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -34,7 +36,7 @@ def dashboard_url(api: str, env: dict[str, str]) -> str:
     return f"{api.rstrip('/')}/#token={quote(env['API_TOKEN'], safe='')}"
 
 
-def run_demo(*, target: float, delay: float, archive_dir: str) -> int:
+def run_demo(*, target: float, delay: float, archive_dir: str, stay: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="kling-chain-demo-"))
     stack = Stack(root / "logs")
     archive = Path(archive_dir).resolve()
@@ -77,6 +79,12 @@ def run_demo(*, target: float, delay: float, archive_dir: str) -> int:
             final = watch(api, chain["id"], sys.stdout, interval=0.5)
             print(summary(final))
             print(REAL_SETUP)
+            if stay:  # keep the dashboard up: the chain's page plays the archived video
+                print(f"demo: the dashboard stays at {dashboard_url(local.api, local.env)}")
+                print("demo: press Ctrl-C to stop")
+                with contextlib.suppress(KeyboardInterrupt):
+                    while True:
+                        time.sleep(3600)
             return 0 if final["status"] == "succeeded" else 1
         except (RuntimeError, TimeoutError, requests.RequestException) as exc:
             print(f"demo failed: {exc}", file=sys.stderr)
