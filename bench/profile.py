@@ -220,7 +220,7 @@ def run(root: Path, *, quick: bool) -> Section:
     )
     renderer = ConsoleRenderer(unicode=False, color=False, show_all=False, short_mode=True)
     flat = ConsoleRenderer(unicode=False, color=False, flat=True, show_all=True, short_mode=True)
-    OUTPUT.write_text(
+    report = (
         f"Worker profile: {chains} chains x 5 steps, prefork pool "
         f"(concurrency {service.env['WORKER_CONCURRENCY']}), fake gateway at delay 0.\n"
         f"Pool children: {children.duration:.1f} s sampled, {kids.in_tasks:.1f} s inside tasks, "
@@ -233,6 +233,8 @@ def run(root: Path, *, quick: bool) -> Section:
         + "\n== main process (consumer): self time ==\n"
         + flat.render(main)[:10000]
     )
+    # Paths relative to the repository: the report is committed, this machine's are not.
+    OUTPUT.write_text(report.replace(f"{OUTPUT.parent.parent}/", ""))
     section.details = {
         "chains": chains,
         "children_sampled_s": round(children.duration, 2),

@@ -72,7 +72,7 @@ from worker.tasknames import ARCHIVE_VIDEO, REFRESH_STEP, SUBMIT_STEP
 log = logging.getLogger(__name__)
 
 # What a callback may claim before the end: nothing is acted on, so nothing is queried.
-EARLY_STATUSES = frozenset({TaskStatus.SUBMITTED.value, TaskStatus.PROCESSING.value})
+EARLY_STATUSES = frozenset(s.value for s in TaskStatus if not s.terminal)
 
 
 def _fields(chain_id: str, step: int, event: str, task_id: str | None = None) -> dict[str, Any]:

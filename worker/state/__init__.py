@@ -13,6 +13,12 @@ import redis
 
 T = TypeVar("T")
 
+
+def text(value: object) -> str:
+    """A Redis reply (bytes) or a value as ``str``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 # KEYS: a hash. ARGV: field, value seen. Deletes the field unless it changed since it was
 # read: how a sweep takes away what looked stale (a slot, a budget reservation) without
 # taking it from a step that took it again meanwhile.

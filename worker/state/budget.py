@@ -19,7 +19,7 @@ import redis
 from worker.core import budget
 from worker.core.chain import Chain
 from worker.core.slots import holds, member
-from worker.state import HDEL_IF_SEEN
+from worker.state import HDEL_IF_SEEN, text
 from worker.state.keys import Keys
 from worker.state.spend import utc_day
 
@@ -111,11 +111,11 @@ class Budget:
     def account_costs(self) -> dict[str, str]:
         """The latest reported cost per task kind."""
         raw = self.redis.hgetall(self.keys.spend_latest)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     def reservations(self) -> dict[str, str]:
         raw = self.redis.hgetall(self.keys.budget_reserved)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     def reclaim(self, name: str, seen: str) -> int:
         return int(self._reclaim(keys=[self.keys.budget_reserved], args=[name, seen]))
@@ -142,7 +142,3 @@ class Budget:
             "remaining": budget.from_micro(max(0, limit - spent - reserved)),
             "resets_at": budget.iso(budget.next_reset(now)),
         }
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -41,7 +41,7 @@ from worker.core.reconcile import Capability
 from worker.core.retention import Keep, Retention, expires, newly_succeeded
 from worker.core.schedule import Due, schedule
 from worker.core.videos import VideoRecord, adopt
-from worker.state import Read, Writes, optimistic, spend
+from worker.state import Read, Writes, optimistic, spend, text
 from worker.state import metrics as figures
 from worker.state.budget import release
 from worker.state.keys import Keys
@@ -155,7 +155,7 @@ class Store:
         ms = min(ttl * 1000, self.retention.chain_ms or ttl * 1000)
         if self.redis.set(name, value, nx=True, px=ms):
             return chain_id, fingerprint
-        held = _text(self.redis.get(name) or value)
+        held = text(self.redis.get(name) or value)
         owner, _, seen = held.partition(" ")
         return owner, seen
 
@@ -170,7 +170,7 @@ class Store:
         ids = self.redis.zrevrangebyscore(self.keys.chains, top, "-inf", start=0, num=limit)
         if not ids:
             return []
-        raws = self.redis.mget([self._key(_text(i)) for i in ids])
+        raws = self.redis.mget([self._key(text(i)) for i in ids])
         return [Chain.from_json(r) for r in raws if r is not None]
 
     def page(
@@ -202,7 +202,7 @@ class Store:
             )
             if not ids:
                 return Page(found, None)
-            raws = self.redis.mget([self._key(_text(i)) for i, _ in ids])
+            raws = self.redis.mget([self._key(text(i)) for i, _ in ids])
             for raw in raws:
                 scanned += 1
                 if raw is None:
@@ -324,7 +324,7 @@ class Store:
     def trim_expired(self, *, now: float, limit: int = 500) -> int:
         """Take chains whose document expired out of the listing; returns how many."""
         ids = [
-            _text(i)
+            text(i)
             for i in self.redis.zrangebyscore(self.keys.chains_expiring, "-inf", now, 0, limit)
         ]
         if not ids:
@@ -348,14 +348,14 @@ class Store:
         """Succeeded chains owed a prune whose fast path has not finished it, each held back
         for ``hold`` seconds so it is handed out once."""
         taken = self._take_due(keys=[self.keys.prune], args=[now, now + hold, limit])
-        return [_text(i) for i in taken]
+        return [text(i) for i in taken]
 
     def prune_done(self, chain_id: str) -> None:
         self.redis.zrem(self.keys.prune, chain_id)
 
     def take_due(self, *, now: float, hold: float, limit: int = 500) -> list[Due]:
         """Due work, each item held back for ``hold`` seconds so it is handed out once."""
-        items = [_text(i) for i in self._take_due(keys=[self._due], args=[now, now + hold, limit])]
+        items = [text(i) for i in self._take_due(keys=[self._due], args=[now, now + hold, limit])]
         due, stale = [], []
         for item in items:
             try:
@@ -373,7 +373,7 @@ class Store:
         name = self.keys.task_owner(task_id)
         if self.redis.set(name, owner, nx=True, ex=TASK_OWNER_TTL):
             return owner
-        return _text(self.redis.get(name) or owner)
+        return text(self.redis.get(name) or owner)
 
     def task_owners(self, task_ids: Iterable[str]) -> dict[str, str]:
         """The steps that recorded these tasks, for the ones some step did."""
@@ -381,12 +381,12 @@ class Store:
         if not ids:
             return {}
         found = self.redis.mget([self.keys.task_owner(t) for t in ids])
-        return {t: _text(v) for t, v in zip(ids, found, strict=True) if v is not None}
+        return {t: text(v) for t, v in zip(ids, found, strict=True) if v is not None}
 
     def capabilities(self, provider: str, *whats: str) -> dict[str, Capability]:
         raws = self.redis.hmget(self.keys.provider(provider), list(whats))
         return {
-            what: Capability(_text(raw)) if raw is not None else Capability.UNKNOWN
+            what: Capability(text(raw)) if raw is not None else Capability.UNKNOWN
             for what, raw in zip(whats, raws, strict=True)
         }
 
@@ -402,7 +402,3 @@ class Store:
             return bool(self.redis.ping())
         except redis.RedisError:
             return False
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -48,6 +48,7 @@ from worker.core.metrics import (
     task_seconds,
 )
 from worker.core.videos import VideoState
+from worker.state import text
 from worker.state.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -206,7 +207,7 @@ class Metrics:
             minutes, creates = pipe.execute()
         total = 0
         for name, n in creates.items():
-            values = label_values(CREATES, _text(name))
+            values = label_values(CREATES, text(name))
             if values is not None and values[1] == CreateOutcome.REFUSED.value:
                 total += int(n)
         return Refused(sum(int(n) for n in minutes if n is not None), total)
@@ -248,7 +249,7 @@ class Metrics:
         if not self.redis.exists(self.keys.chain_counts_ready) and not self._recount():
             return None
         raw = self.redis.hgetall(self.keys.chain_counts)
-        return {_text(k): int(v) for k, v in raw.items()}
+        return {text(k): int(v) for k, v in raw.items()}
 
     def _recount(self) -> bool:
         """Count the chains per status from their documents, once per deployment (chains
@@ -277,7 +278,7 @@ class Metrics:
 
 def _statuses(pipe: Any, keys: Keys) -> dict[str, int]:
     counts: dict[str, int] = {}
-    ids = [_text(i) for i in pipe.zrange(keys.chains, 0, -1)]
+    ids = [text(i) for i in pipe.zrange(keys.chains, 0, -1)]
     for start in range(0, len(ids), RECOUNT_PAGE):
         for raw in pipe.mget([keys.chain(i) for i in ids[start : start + RECOUNT_PAGE]]):
             if raw is not None:
@@ -289,23 +290,19 @@ def _statuses(pipe: Any, keys: Keys) -> dict[str, int]:
 def _counter(counter: Counter, raw: dict[Any, Any]) -> dict[tuple[str, ...], float]:
     out: dict[tuple[str, ...], float] = {}
     for name, n in raw.items():
-        values = label_values(counter, _text(name))
+        values = label_values(counter, text(name))
         if values is not None:
             out[values] = float(n)
     return out
 
 
 def _histogram(histogram: Histogram, raw: dict[Any, Any]) -> HistogramValues:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {text(k): text(v) for k, v in raw.items()}
     counts = {k: int(v) for k, v in fields.items() if k not in ("sum", "count")}
     total = int(fields.get("count", 0))
     return HistogramValues(
         histogram.cumulative(counts, total), float(fields.get("sum", 0.0)), total
     )
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = [

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable
 import redis
 
 from worker.core.polling import SAMPLE_SIZE, Durations
+from worker.state import text
 from worker.state.keys import Keys
 
 DURATIONS_TTL = 30 * 24 * 3600
@@ -103,7 +104,7 @@ def _seconds(raws: Iterable[object]) -> list[float]:
         if raw is None:
             continue
         try:
-            found.append(float(raw.decode() if isinstance(raw, bytes) else str(raw)))
+            found.append(float(text(raw)))
         except ValueError:
             continue
     return found

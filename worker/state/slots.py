@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import redis
 
 from worker.core.slots import member, parse
-from worker.state import HDEL_IF_SEEN
+from worker.state import HDEL_IF_SEEN, text
 from worker.state.keys import Keys
 
 # KEYS: holders, waiters. ARGV: member, limit, now. A holder keeps its slot; otherwise the
@@ -74,15 +74,15 @@ class Slots:
         """Free the step's slot (a no-op when it holds none); ``leave_line`` also takes it out
         of the line. Returns the waiters (chain, index) a slot is free for now."""
         args: list[str | int] = [member(chain_id, index), self.limit, "1" if leave_line else "0"]
-        return [parse(_text(m)) for m in self._release(keys=self._keys(), args=args)]
+        return [parse(text(m)) for m in self._release(keys=self._keys(), args=args)]
 
     def holders(self) -> dict[str, str]:
         raw = self.redis.hgetall(self.keys.slot_holders)
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return {text(k): text(v) for k, v in raw.items()}
 
     def waiters(self) -> list[str]:
         members: list[bytes] = self.redis.zrange(self.keys.slot_waiters, 0, -1)  # type: ignore[assignment]
-        return [_text(m) for m in members]
+        return [text(m) for m in members]
 
     def reclaim(self, name: str, seen: str) -> bool:
         """Take a stale holder's slot away, unless it changed since it was ``seen``."""
@@ -97,7 +97,3 @@ class Slots:
         if free <= 0:
             return []
         return [parse(m) for m in self.waiters()[:free]]
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

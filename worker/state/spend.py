@@ -18,6 +18,7 @@ import redis
 
 from worker.core.budget import from_micro, to_micro
 from worker.core.chain import Chain, Step
+from worker.state import text
 from worker.state.keys import Keys
 
 DAY_TTL = 400 * 24 * 3600  # a day's figures are kept a little over a year
@@ -107,7 +108,7 @@ class Spend:
 
 
 def _day(date: str, fields: dict[Any, Any]) -> Day:
-    raw = {_text(k): _text(v) for k, v in fields.items()}
+    raw = {text(k): text(v) for k, v in fields.items()}
     chains = [
         (name.removeprefix("chain:"), int(v))
         for name, v in raw.items()
@@ -121,7 +122,3 @@ def _day(date: str, fields: dict[Any, Any]) -> Day:
         chains=[(c, from_micro(m)) for c, m in chains],
         latest={k.removeprefix("latest:"): v for k, v in raw.items() if k.startswith("latest:")},
     )
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -16,7 +16,7 @@ import redis
 
 from worker.core.chain import Chain
 from worker.core.videos import SAFE_ID, VideoRecord, VideoState
-from worker.state import Read, Writes, optimistic
+from worker.state import Read, Writes, optimistic, text
 from worker.state.keys import Keys
 
 
@@ -113,5 +113,5 @@ class Videos:
     def _load(self, ids: list[Any]) -> list[VideoRecord]:
         if not ids:
             return []
-        keys = [self._key(i.decode() if isinstance(i, bytes) else str(i)) for i in ids]
+        keys = [self._key(text(i)) for i in ids]
         return [VideoRecord.from_json(raw) for raw in self.redis.mget(keys) if raw is not None]
