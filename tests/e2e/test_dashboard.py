@@ -210,6 +210,8 @@ def test_start_watch_play_and_cancel_from_the_dashboard(
     page.select_option("#status-filter", "cancelled")
     page.wait_for_url("**/#/chains?status=cancelled")
     page.locator(f"tr[data-chain='{chain_id}']").wait_for(state="detached")
+    # The old rows go as the filtered page is asked for: wait for it before counting.
+    page.locator(f"tr[data-chain='{second}'][data-status=cancelled]").wait_for()
     assert page.locator(f"tr[data-chain='{second}']").count() == 1
 
 
