@@ -38,16 +38,26 @@ from kling.errors import KlingError
 from kling.models import Task, TaskKind, TaskStatus, parse_task
 from webhook import metrics, openapi
 from webhook.api import ArchiveRequest, BudgetRequest, ChainRequest, problems
+from webhook.coalesce import Coalescer
 from webhook.dashboard import Dashboard
 from webhook.signed import SignedCallbacks
 from worker import logs, wiring
 from worker.core import polling, tokens
-from worker.core.chain import Cancel, ChainStatus, Resume, SubmitStep, new_chain
+from worker.core.chain import (
+    EARLY_STATUSES,
+    Cancel,
+    ChainStatus,
+    Resume,
+    SubmitStep,
+    new_chain,
+    step_name,
+)
 from worker.core.metrics import CallbackOutcome
 from worker.core.videos import SAFE_ID, VideoRecord, VideoState
 from worker.publish import Publisher
 from worker.queues import Queues
 from worker.settings import ConfigError, Settings, get_settings
+from worker.state import text
 from worker.state.budget import Budget
 from worker.state.chains import Page, Store, UnknownChain
 from worker.state.deliveries import Deliveries
@@ -142,6 +152,7 @@ class Web:
         self.videos = videos
         self.send_task = send_task
         self.publisher: Publisher | None = None  # None: every task through send_task
+        self.coalescer: Coalescer | None = None  # on the publisher's client, when there is one
         self.secret = settings.secret()
         self.spend = Spend(store.redis, store.keys)
         self.signed = SignedCallbacks(
@@ -336,18 +347,25 @@ class Web:
         candidate = task.task_id if SAFE_ID.match(task.task_id) else None
         refresh = (chain_id, index, candidate, None, task.status.value)
         fast = webhook_id is None  # unsigned: nothing to deduplicate before queueing
-        if not (fast and await self._count_and_enqueue(succeeded, REFRESH_STEP, refresh)):
-            await self._count_callback(CallbackOutcome.ACCEPTED, succeeded)
+        known: bool | None = None  # None: not looked up, and not counted yet
+        if fast and candidate is not None and task.status.value in EARLY_STATUSES:
+            known = await self._count_and_look_up(chain_id, index, candidate)
+        if known:
+            pass  # the step recorded this task already: an early status asks nothing more
+        elif not (fast and await self._count_and_enqueue(succeeded, REFRESH_STEP, refresh, known)):
+            if known is None:
+                await self._count_callback(CallbackOutcome.ACCEPTED, succeeded)
             if not await self.signed.first(webhook_id):
                 return JSONResponse({"ok": True, "duplicate": True})
             async with self.signed.taken(webhook_id):
                 await self.enqueue(REFRESH_STEP, *refresh)
         log.info(
-            "callback %s/%s: task %s %s",
+            "callback %s/%s: task %s %s%s",
             chain_id,
             index,
             task.task_id,
             task.status,
+            " (the step has it: nothing queued)" if known else "",
             extra={
                 "chain_id": chain_id,
                 "step": index,
@@ -395,19 +413,46 @@ class Web:
             await self._count_callback(outcome)
             raise
 
-    async def _count_and_enqueue(
-        self, succeeded: tuple[str, int] | None, name: str, args: tuple[Any, ...]
-    ) -> bool:
-        """An accepted callback's count and its task, in one pipeline on the broker (no
-        thread hop); False when that is not possible here (then count and enqueue apart)."""
-        if self.publisher is None:
-            return False
+    async def _count_and_look_up(self, chain_id: str, index: int, task_id: str) -> bool | None:
+        """An accepted callback's count, and whether step ``index`` recorded ``task_id`` as
+        its own (``Store.claim_task``), in one round trip to the broker, shared with the
+        callbacks arriving meanwhile (``webhook.coalesce``). None when that is not possible
+        here (nothing counted)."""
+        if self.publisher is None or self.coalescer is None:
+            return None
+
+        def queue(pipe: Any) -> None:
+            pipe.get(self.store.keys.task_owner(task_id))
+            self.figures.queue_callback(pipe, CallbackOutcome.ACCEPTED)
+
         try:
-            async with self.publisher.redis.pipeline(transaction=False) as pipe:
-                if not self.publisher.queue_on(pipe, name, args):
-                    return False
+            owner, *_ = await self.coalescer.run(queue)
+        except redis.RedisError as exc:  # as a failed publish: the provider will retry
+            raise OperationalError(str(exc)) from exc
+        return owner is not None and text(owner) == step_name(chain_id, index)
+
+    async def _count_and_enqueue(
+        self,
+        succeeded: tuple[str, int] | None,
+        name: str,
+        args: tuple[Any, ...],
+        counted: bool | None = None,
+    ) -> bool:
+        """An accepted callback's count (unless ``counted`` already) and its task, in one
+        round trip to the broker (no thread hop), shared with the callbacks arriving
+        meanwhile (``webhook.coalesce``); False when that is not possible here (then count
+        and enqueue apart)."""
+        publisher = self.publisher
+        if publisher is None or self.coalescer is None or publisher.template(name) is None:
+            return False
+
+        def queue(pipe: Any) -> None:
+            publisher.queue_on(pipe, name, args)
+            if counted is None:
                 self.figures.queue_callback(pipe, CallbackOutcome.ACCEPTED, succeeded)
-                await pipe.execute()
+
+        try:
+            await self.coalescer.run(queue)
         except redis.RedisError as exc:  # as a failed publish: the provider will retry
             raise OperationalError(str(exc)) from exc
         return True
@@ -701,6 +746,7 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
     web = Web(settings, built.chains, built.videos, send_task)
     if broker is not None:  # one LPUSH per task, from a template Celery made (worker.publish)
         web.publisher = Publisher(celery_app, broker, web._send_task)
+        web.coalescer = Coalescer(broker)
     _say_how_callbacks_arrive(web)
     board = Dashboard(settings, built.videos, web.secret)
     document = openapi.document(bearer=token is not None, is_open=RequireToken.is_open)

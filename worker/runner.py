@@ -22,10 +22,11 @@ from kling.errors import (
     PermanentError,
     RetryableError,
 )
-from kling.models import ExtendRequest, Task, TaskKind, TaskStatus, Text2VideoRequest
+from kling.models import ExtendRequest, Task, TaskKind, Text2VideoRequest
 from worker.archiver import Archiver
 from worker.core import budget, polling, retry, slots, tokens
 from worker.core.chain import (
+    EARLY_STATUSES,
     Action,
     ArchiveVideo,
     AwaitBudget,
@@ -44,6 +45,7 @@ from worker.core.chain import (
     Submitted,
     TaskUpdate,
     Verdict,
+    step_name,
 )
 from worker.core.metrics import CreateOutcome, create_outcome
 from worker.core.reconcile import (
@@ -72,7 +74,6 @@ from worker.tasknames import ARCHIVE_VIDEO, REFRESH_STEP, SUBMIT_STEP
 log = logging.getLogger(__name__)
 
 # What a callback may claim before the end: nothing is acted on, so nothing is queried.
-EARLY_STATUSES = frozenset(s.value for s in TaskStatus if not s.terminal)
 
 
 def _fields(chain_id: str, step: int, event: str, task_id: str | None = None) -> dict[str, Any]:
@@ -90,11 +91,6 @@ Later = Callable[[str, tuple[Any, ...], float], None]  # enqueue with a countdow
 def describe(exc: KlingError) -> str:
     code = f" (code {exc.code})" if exc.code is not None else ""
     return f"{exc.message}{code}"
-
-
-def step_name(chain_id: str, index: int) -> str:
-    """How ``Store.claim_task`` names the step that recorded a task."""
-    return f"{chain_id}:{index}"
 
 
 # Events after which a step may no longer hold a provider slot (``Runner._free_slot``).
@@ -144,15 +140,31 @@ class Runner:
         self.metrics = Metrics(store.redis, store.keys, clock=clock)
 
     # -- plumbing ------------------------------------------------------------------------------
-    def dispatch(self, chain_id: str, actions: list[Action]) -> None:
+    def dispatch(self, chain_id: str, actions: list[Action], *, owner: str | None = None) -> None:
+        """Queue what a transition asked for. With ``owner`` (the task that learnt a step's
+        end), the next step's submit runs here and now as that task, after the rest is
+        queued: one task fewer per step. A wait it asks for (a retry, a slot) becomes a
+        submit task with that countdown; should this task die meanwhile, the chain's
+        schedule has the step (pending, or claimed by ``owner`` until its lease ends)."""
+        now: list[int] = []
         for action in actions:
             match action:
+                case SubmitStep(index) if owner is not None:
+                    now.append(index)
                 case SubmitStep(index):
                     self.enqueue(SUBMIT_STEP, (chain_id, index))
                 case ArchiveVideo(video_id):
                     # The fast path: the transition registered the record, which the
                     # archive's sweep finds anyway if this enqueue is lost.
                     self.enqueue(ARCHIVE_VIDEO, (video_id,))
+        for index in now:
+            assert owner is not None
+            delay = self.submit(chain_id, index, owner=owner)
+            if delay is not None:
+                if self.later is not None:
+                    self.later(SUBMIT_STEP, (chain_id, index), delay)
+                else:
+                    self.enqueue(SUBMIT_STEP, (chain_id, index))
 
     def _request(self, chain: Chain, step: Step) -> ExtendRequest | Text2VideoRequest:
         spec = chain.spec
@@ -179,9 +191,11 @@ class Runner:
             external_task_id=external,
         )
 
-    def _record(self, chain_id: str, index: int, task: Task) -> None:
+    def _record(self, chain_id: str, step: Step, task: Task) -> None:
+        index = step.index
         self.store.claim_task(task.task_id, step_name(chain_id, index))
-        out = self._apply(chain_id, Submitted(index, task))
+        look_at = self._look_at(step.kind, self.clock())
+        out = self._apply(chain_id, Submitted(index, task, look_at=look_at))
         if task.status.terminal:  # a lookup found it finished already: that reply is a query
             out = self._apply(chain_id, TaskUpdate(index, task))
         self.dispatch(chain_id, out.actions)
@@ -211,7 +225,7 @@ class Runner:
                         task.task_id,
                         extra=_fields(chain_id, index, "step.found", task.task_id),
                     )
-                    self._record(chain_id, index, task)
+                    self._record(chain_id, step, task)
                     return None
                 case Unknown(reason):
                     log.error(
@@ -295,7 +309,7 @@ class Runner:
             task.task_id,
             extra=_fields(chain_id, index, "step.created", task.task_id),
         )
-        self._record(chain_id, index, task)
+        self._record(chain_id, step, task)
         self._learn(kind, step, task)
         return None
 
@@ -447,9 +461,12 @@ class Runner:
         attempt: int = 0,
         planned: float | None = None,
         reported: str | None = None,
+        owner: str | None = None,
     ) -> float | None:
         """Query the step's task and apply what it says. ``candidate``: the task id that a
         callback on the step's own URL named, for a step whose create reply is not home yet.
+        ``owner``: the task running this, which then submits the next step itself
+        (``dispatch``).
 
         ``planned``: this is the poll a query planned (``_plan_poll``), named by the step's
         ``news_at`` that query wrote. When the step has had news since, another query (a
@@ -507,12 +524,13 @@ class Runner:
             task.status,
             extra=_fields(chain_id, index, "step.status", task_id),
         )
-        out = self._apply(chain_id, TaskUpdate(index, task))
-        self.dispatch(chain_id, out.actions)
+        look_at = self._look_at(step.kind, step.submitted_at or step.news_at)
+        out = self._apply(chain_id, TaskUpdate(index, task, look_at=look_at))
         after = out.chain.step(index)
         if after.status is StepStatus.SUCCEED and step.status.active:
             self._learn_duration(step, after, task)
         self._plan_poll(chain_id, after)
+        self.dispatch(chain_id, out.actions, owner=owner)
         return None
 
     # -- adaptive polling (worker.core.polling) ------------------------------------------------
@@ -545,22 +563,44 @@ class Runner:
             self._healthy = health.reachable
         return health.reachable
 
+    def _look_at(self, kind: str, started: float | None) -> float | None:
+        """With callbacks arriving (adaptive polling), the one query planned for a task: the
+        late look just after the kind's longest tasks end, covering a lost callback. It rides
+        in the step (``Step.look_at``), so the chain's schedule carries it to the sweep: no
+        task is queued for it, and a callback that ends the step first takes it off. None:
+        no plan sooner than POLL_AFTER_SECONDS, or callbacks are not arriving (then
+        ``_plan_poll`` queues each query, densely, as the only way to learn of the end)."""
+        s = self.settings
+        if polling.Mode(s.polling) is not polling.Mode.ADAPTIVE or not self.callbacks_healthy():
+            return None
+        now = self.clock()
+        wait = polling.next_poll(
+            now - (started if started is not None else now),
+            self.durations.of(kind),
+            callbacks_healthy=True,
+            curve=s.poll_curve(),
+        )
+        return now + wait if wait <= s.poll_after_seconds - s.sweep_seconds else None
+
     def _plan_poll(self, chain_id: str, step: Step) -> None:
         """Plan the next query of an active step (``polling.next_poll``) as a refresh with a
-        countdown, named by the ``news_at`` just written. A plan within one sweep of
-        ``POLL_AFTER_SECONDS`` is left to the sweep, which polls a task quiet that long anyway
-        (with callbacks arriving, that is every plan but the late look: no task is queued
-        for nothing). The sweep's poll stays the net under a plan lost with its worker; with
-        ``POLLING=fixed`` it comes one sweep later (``Timing.poll_grace``)."""
+        countdown, named by the ``news_at`` just written, when callbacks are not arriving or
+        with ``POLLING=fixed``. (With callbacks, the late look rides in the step instead:
+        ``_look_at``.) A plan within one sweep of ``POLL_AFTER_SECONDS`` is left to the
+        sweep, which polls a task quiet that long anyway. The sweep's poll stays the net
+        under a plan lost with its worker; with ``POLLING=fixed`` it comes one sweep later
+        (``Timing.poll_grace``)."""
         if self.later is None or not step.status.active or step.news_at is None:
             return
         s = self.settings
         mode = polling.Mode(s.polling)
+        if mode is polling.Mode.ADAPTIVE and self.callbacks_healthy():
+            return
         started = step.submitted_at or step.news_at
         wait = polling.next_poll(
             self.clock() - started,
             self.durations.of(step.kind),
-            callbacks_healthy=mode is polling.Mode.FIXED or self.callbacks_healthy(),
+            callbacks_healthy=mode is polling.Mode.FIXED,
             curve=s.poll_curve(),
             mode=mode,
         )
@@ -601,7 +641,7 @@ class Runner:
                 problem,
             )
             return None
-        self._record(chain_id, step.index, task)
+        self._record(chain_id, step, task)
         return None
 
     def _apply(self, chain_id: str, event: Event) -> Outcome:

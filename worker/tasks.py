@@ -132,6 +132,7 @@ def refresh_step(
             attempt=req.retries,
             planned=planned,
             reported=reported,
+            owner=req.id,
         ),
     )
 

@@ -3,7 +3,27 @@ what the web writes with one LPUSH, for every task the web sends."""
 
 from __future__ import annotations
 
+import base64
+import json
+import secrets
+from typing import Any
+
+import pytest
+import redis
+from starlette.testclient import TestClient
+
 from tests.support import FAST, Service, fresh, module_service, start_chain
+from webhook.app import create_app
+from worker import wiring
+from worker.celery import app
+from worker.core import tokens
+from worker.core.chain import step_name
+from worker.core.metrics import CALLBACKS
+from worker.publish import Template, capture
+from worker.settings import Settings
+from worker.state.keys import Keys
+from worker.state.metrics import Metrics
+from worker.tasknames import REFRESH_STEP
 
 svc = module_service("publish", delay=0.3, **FAST)
 
@@ -23,3 +43,58 @@ def test_a_real_worker_runs_what_the_web_publishes(svc: Service) -> None:
     web_log = svc.stack.tail("web", lines=100_000)
     assert "through Celery's send_task" not in web_log  # the fast path was the one used
     assert svc.stats()["callbacks_sent"] > 0
+
+
+def test_an_early_callback_queues_nothing_once_the_step_has_its_task(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The web process with its real publisher on a real Redis, and no worker: what a
+    # callback queues stays in the list to be counted.
+    for name in ("KEY_PREFIX", "CELERY_QUEUE", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    prefix = f"test-early-{secrets.token_hex(4)}:"
+    secret = "s" * 32
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=prefix,
+        callback_secret=secret,
+        kling_api_key="k",
+        api_token="t" * 32,
+    )  # type: ignore[call-arg]
+    queue = capture(app, REFRESH_STEP)
+    assert isinstance(queue, Template)
+    client = redis.Redis.from_url(redis_url)
+    store = wiring.state(settings).chains
+    before = client.llen(queue.queue)
+
+    def post(status: str, task_id: str) -> None:
+        token = tokens.sign(secret.encode(), "c1", 0)
+        body = {"task_id": task_id, "task_status": status, "created_at": 1, "updated_at": 2}
+        with TestClient(create_app(settings)) as web:
+            assert web.post(f"/callbacks/c1/0/{token}", json=body).status_code == 200
+
+    def queued() -> list[list[Any]]:
+        raws = client.lrange(queue.queue, 0, client.llen(queue.queue) - before - 1)
+        return [json.loads(base64.b64decode(json.loads(r)["body"]))[0] for r in raws][::-1]
+
+    try:
+        post("processing", "t1")  # the create reply is not home: the callback names a candidate
+        assert queued() == [["c1", 0, "t1", None, "processing"]]
+        store.claim_task("t1", step_name("c1", 0))  # the step records t1
+        post("processing", "t1")
+        post("submitted", "t1")
+        assert len(queued()) == 1  # nothing more: an early status asks for nothing
+        post("processing", "t2")  # a task the step did not record: looked into
+        post("succeed", "t1")  # the end is always confirmed by a query
+        assert queued()[1:] == [
+            ["c1", 0, "t2", None, "processing"],
+            ["c1", 0, "t1", None, "succeed"],
+        ]
+        counted = Metrics(client, Keys(prefix)).read(queues=(), warn_window=3600).counters
+        assert counted[CALLBACKS.name][("accepted",)] == 5
+    finally:
+        for _ in range(client.llen(queue.queue) - before):
+            client.lpop(queue.queue)
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+        client.close()

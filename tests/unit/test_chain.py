@@ -492,6 +492,20 @@ class TestSchedule:
     def test_quiet_task_is_polled_after_poll_after(self) -> None:
         assert self.timing(chain_at(S.SUBMITTED)) == {"poll|c1|0": NOW + 120}
 
+    def test_a_planned_look_comes_first_but_never_after_poll_after(self) -> None:
+        c = chain_at(S.SUBMITTED)
+        c.steps[0].look_at = NOW + 7
+        assert self.timing(c) == {"poll|c1|0": NOW + 7}
+        c.steps[0].look_at = NOW + 500
+        assert self.timing(c) == {"poll|c1|0": NOW + 120}
+
+    def test_news_replaces_the_planned_look(self) -> None:
+        c = chain_at(S.SUBMITTED)
+        c.steps[0].look_at = NOW + 7
+        c = apply(c, TaskUpdate(0, task(TaskStatus.PROCESSING)), NOW + 3).chain
+        assert c.steps[0].look_at is None
+        assert self.timing(c) == {"poll|c1|0": NOW + 123}
+
     def test_success_owes_the_next_submit(self) -> None:
         # and the archive, through the video's record (registered with this transition)
         c = apply(chain_at(S.PROCESSING), EVENTS["succeed"], NOW + 3).chain

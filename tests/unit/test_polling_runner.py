@@ -179,13 +179,51 @@ def test_with_a_model_the_first_look_waits_for_the_shortest_tasks(rig: Rig) -> N
 
 
 def test_with_callbacks_arriving_the_plan_is_one_late_look(rig: Rig) -> None:
+    # The late look rides in the step and the chain's schedule (the sweep runs it): no task
+    # is queued for it.
     CallbackSeen(rig.store.redis, rig.store.keys).saw(NOW - 1)
     learnt = TaskDurations(rig.store.redis, rig.store.keys)
     for _ in range(MIN_SAMPLES):
         learnt.add("video-extend", 5.0)
-    rig.start()
-    _, countdown = rig.take_plan()
-    assert countdown == pytest.approx(5.0 + 1.25)
+    cid = rig.start()
+    assert rig.planned == []
+    step = rig.store.get(cid).step(0)
+    assert step.look_at == pytest.approx(NOW + 5.0 + 1.25)
+    due = rig.store.redis.zrange(rig.store.keys.due, 0, -1, withscores=True)
+    assert due == [(b"poll|c1|0", pytest.approx(NOW + 5.0 + 1.25))]
+
+
+def test_the_late_look_is_taken_by_the_sweep_and_then_the_ceiling_rules(rig: Rig) -> None:
+    CallbackSeen(rig.store.redis, rig.store.keys).saw(NOW - 1)
+    learnt = TaskDurations(rig.store.redis, rig.store.keys)
+    for _ in range(MIN_SAMPLES):
+        learnt.add("video-extend", 5.0)
+    cid = rig.start()
+    rig.clock.now += 7.0  # past the look; the callback was lost
+    CallbackSeen(rig.store.redis, rig.store.keys).saw(rig.clock.now - 1)
+    taken = rig.store.take_due(now=rig.clock.now, hold=60)
+    assert [(d.work.value, d.chain_id, d.index) for d in taken] == [("poll", cid, 0)]
+    rig.task_becomes(TaskStatus.PROCESSING)
+    assert rig.runner.refresh(cid, 0) is None  # what the sweep's refresh_step runs
+    step = rig.store.get(cid).step(0)
+    assert step.look_at is None
+    assert step.news_at == rig.clock.now
+    due = rig.store.redis.zrange(rig.store.keys.due, 0, -1, withscores=True)
+    assert due == [(b"poll|c1|0", rig.clock.now + 120)]
+    assert rig.planned == []
+
+
+def test_a_step_that_ends_takes_its_late_look_off_the_schedule(rig: Rig) -> None:
+    CallbackSeen(rig.store.redis, rig.store.keys).saw(NOW - 1)
+    learnt = TaskDurations(rig.store.redis, rig.store.keys)
+    for _ in range(MIN_SAMPLES):
+        learnt.add("video-extend", 5.0)
+    cid = rig.start()
+    rig.task_becomes(TaskStatus.SUCCEED, videos=(Video("v1", "https://cdn.example/v1.mp4", 10.0),))
+    rig.runner.refresh(cid, 0)
+    assert rig.store.get(cid).step(0).status is StepStatus.SUCCEED
+    due = [m for m, _ in rig.store.redis.zrange(rig.store.keys.due, 0, -1, withscores=True)]
+    assert b"poll|c1|0" not in due
 
 
 def test_a_1302_backs_off_and_keeps_the_plan(rig: Rig) -> None:

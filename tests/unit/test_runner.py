@@ -380,6 +380,42 @@ def test_success_queues_one_archive_and_one_next_step(rig: Rig) -> None:
     assert len(rig.queued) == 2
 
 
+def test_the_task_that_learns_of_a_success_submits_the_next_step_itself(rig: Rig) -> None:
+    cid = rig.chain()
+    rig.runner.submit(cid, 0, owner="a")
+    rig.provider.tasks["t0"] = Task(
+        "t0", TaskStatus.SUCCEED, videos=(Video("v1", "https://cdn.example/v1.mp4", 9.5),)
+    )
+    rig.runner.refresh(cid, 0, owner="refresh-1")
+    assert rig.queued == [(ARCHIVE_VIDEO, ("v1",))]  # the download is queued; no submit task
+    assert len(rig.provider.creates) == 2  # step 1's create went out from this task
+    step = rig.store.get(cid).step(1)
+    assert step.status is StepStatus.SUBMITTED
+    # A redelivered refresh (the same task again) finds step 0 done: nothing more is sent.
+    rig.runner.refresh(cid, 0, owner="refresh-1")
+    assert len(rig.provider.creates) == 2
+
+
+def test_a_wait_the_inline_submit_asks_for_becomes_a_submit_task_later(
+    tmp_path: Path, rig: Rig
+) -> None:
+    later: list[tuple[str, tuple[Any, ...], float]] = []
+    rig.runner.later = lambda name, args, countdown: later.append((name, args, countdown))
+    cid = rig.chain()
+    rig.runner.submit(cid, 0, owner="a")
+    rig.provider.tasks["t0"] = Task(
+        "t0", TaskStatus.SUCCEED, videos=(Video("v1", "https://cdn.example/v1.mp4", 9.5),)
+    )
+    rig.provider.script = [RetryableError("server busy", code=5001, http_status=500)]
+    rig.runner.refresh(cid, 0, owner="refresh-1")
+    [(args, countdown)] = [(a, c) for name, a, c in later if name == SUBMIT_STEP]
+    assert args == (cid, 1)
+    assert countdown > 0
+    step = rig.store.get(cid).step(1)
+    assert step.status is StepStatus.PENDING  # given back, with its retry time
+    assert step.retry_at is not None
+
+
 def fake_download(body: bytes) -> Any:
     """``download_into`` without a network: writes ``body`` and commits it."""
 

@@ -118,11 +118,24 @@ class Step:
     first_try_at: float | None = None
     retry_at: float | None = None
     news_at: float | None = None
+    # A query planned for then (``worker.core.polling``): the chain's schedule polls the step
+    # at this time if it is sooner than ``news_at`` + POLL_AFTER_SECONDS. None: no plan.
+    look_at: float | None = None
     units: str | None = None  # what the provider reports the finished task cost; None: unknown
     # When the step reached each stage (``_stamp``); None: not (yet), or stored before these.
     submitted_at: float | None = None
     processing_at: float | None = None
     ended_at: float | None = None
+
+
+def step_name(chain_id: str, index: int) -> str:
+    """How ``Store.claim_task`` names the step that recorded a task."""
+    return f"{chain_id}:{index}"
+
+
+# Statuses before the end: a callback claiming one asks for no action once the step knows
+# its task (only a terminal status leads to any).
+EARLY_STATUSES = frozenset(s.value for s in TaskStatus if not s.terminal)
 
 
 @dataclass
@@ -445,10 +458,12 @@ class Claim:
 
 @dataclass(frozen=True)
 class Submitted:
-    """The provider accepted (or a lookup found) the create for step ``index``."""
+    """The provider accepted (or a lookup found) the create for step ``index``. ``look_at``:
+    when to query it, if sooner than POLL_AFTER_SECONDS (``Step.look_at``)."""
 
     index: int
     task: Task
+    look_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -478,10 +493,12 @@ class NeedsAttention:
 
 @dataclass(frozen=True)
 class TaskUpdate:
-    """The provider's own query reply for step ``index`` (never a raw callback body)."""
+    """The provider's own query reply for step ``index`` (never a raw callback body);
+    ``look_at`` as in ``Submitted``."""
 
     index: int
     task: Task
+    look_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -677,7 +694,7 @@ def _submitted(chain: Chain, event: Submitted, now: float) -> None:
     step.task_id = event.task.task_id
     step.owner = step.claimed_at = step.retry_at = None
     step.error = None
-    step.news_at = now
+    step.news_at, step.look_at = now, event.look_at
     chain.waiting = None
 
 
@@ -701,7 +718,7 @@ def _task_update(chain: Chain, event: TaskUpdate, now: float, out: Outcome) -> N
     task = event.task
     if step.task_id is None or task.task_id != step.task_id or step.status.done:
         return  # unknown, foreign, or already settled: duplicates and stale news stop here
-    step.news_at = now
+    step.news_at, step.look_at = now, event.look_at
     if task.status.terminal and task.units is not None:
         step.units = f"{task.units:f}"  # a failed task may be billed too
     if task.status is TaskStatus.PROCESSING and step.status is StepStatus.SUBMITTED:

@@ -53,9 +53,11 @@ def schedule(chain: Chain, *, poll_after: float, submit_lease: float) -> dict[Du
     cancelled = chain.cancelled_at is not None  # owes no create: only what may be paid for
     for step in chain.steps:
         if step.status.active:
+            quiet = (step.news_at or chain.updated_at) + poll_after
+            look = step.look_at
             due[Due(Work.POLL, chain.id, str(step.index))] = (
-                step.news_at or chain.updated_at
-            ) + poll_after
+                quiet if look is None else min(quiet, look)
+            )
         elif not ended and not cancelled and step.status is StepStatus.PENDING:
             due[Due(Work.SUBMIT, chain.id, str(step.index))] = (
                 step.retry_at if step.retry_at is not None else chain.updated_at + submit_lease
