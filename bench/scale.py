@@ -8,22 +8,38 @@ to the last chain's end, steps per second, Redis memory per finished chain (MEMO
 every key the run wrote, and the server's ``used_memory`` delta as a cross-check), and the
 CPU each process spent per step. How the per-chain time and memory grow is the ratio of the
 largest count to 100.
+
+The baseline for the goal's 1,000 x 5 figures is "today's code" measured in the same run:
+``BASELINE_REF`` (``BENCH_BASELINE_REF``; empty for none) checked out in a detached git
+worktree under the run's directory, whose Procfile's web, worker and beat run against the same
+gateway, Redis and settings (``bench.stack.start_service(code=...)``). The current code's
+1,000 and the baseline's 1,000 run one after the other, so that both see the same machine.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 from bench.chains import chain_body, run_chains, seed_videos
 from bench.report import Section, cpu_speed_ms, foreign_load, tree_cpu_seconds
-from bench.stack import BenchService, start_service
+from bench.stack import BenchService, code_pythonpath, start_service
 
 STEPS = 5
 SEEDS = 20
-GOAL_SECONDS_1000 = 60.0
+GOAL_SECONDS_1000 = 45.0
+# The code as it was when the scale goal was set: its CPU per step is what the goal halves.
+BASELINE_REF = "ea13332"
+BASELINE_COUNT = 1000
+GOAL_CPU_RATIO = 0.5
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("worker", "webhook", "kling")
 GOAL_BYTES_PER_CHAIN = 20 * 1024
 # "Linear or better": the per-chain time does not grow with the count. Repeated runs of the
 # same count differ by up to ~10% on this shared machine, hence the allowance.
@@ -55,8 +71,61 @@ def process_cpu(service: BenchService) -> dict[str, float]:
     return out
 
 
-def measure(root: Path, count: int, *, timeout: float) -> dict[str, Any]:
-    service = start_service(root)
+def git(*args: str) -> str:
+    """``git args`` in this repository; its output, or CalledProcessError with git's words."""
+    done = subprocess.run(
+        ["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=120
+    )
+    if done.returncode != 0:
+        raise subprocess.CalledProcessError(
+            done.returncode, ["git", *args], done.stdout, done.stderr
+        )
+    return done.stdout.strip()
+
+
+def git_problem(exc: Exception) -> str:
+    if isinstance(exc, subprocess.CalledProcessError):
+        words = (exc.stderr or "").strip().splitlines()
+        return f"{' '.join(exc.cmd)}: {words[-1] if words else f'exit {exc.returncode}'}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def baseline_code(root: Path, ref: str) -> Iterator[tuple[str, Path]]:
+    """The full commit of ``ref`` and a detached worktree of it at ``root/baseline-code``,
+    removed afterwards."""
+    commit = git("rev-parse", "--verify", f"{ref}^{{commit}}")
+    tree = root / "baseline-code"
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        git("worktree", "add", "--detach", str(tree), commit)
+        yield commit, tree
+    finally:
+        with suppress(OSError, subprocess.SubprocessError):
+            git("worktree", "remove", "--force", str(tree))
+        with suppress(OSError, subprocess.SubprocessError):
+            git("worktree", "prune")
+
+
+def imported_from(code: Path) -> dict[str, str]:
+    """The files the checkout ``code``'s processes import the service's packages from, with the
+    directory and PYTHONPATH ``start_service(code=...)`` gives them."""
+    names = ", ".join(PACKAGES)
+    files = ", ".join(f"{p}.__file__" for p in PACKAGES)
+    done = subprocess.run(
+        [sys.executable, "-c", f"import {names}; print({files})"],
+        cwd=code,
+        env={**os.environ, "PYTHONPATH": code_pythonpath(code)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return dict(zip(PACKAGES, done.stdout.split(), strict=True))
+
+
+def measure(root: Path, count: int, *, timeout: float, code: Path | None = None) -> dict[str, Any]:
+    service = start_service(root, code=code)
     try:
         seeds = seed_videos(service, SEEDS)
         memory0 = int(service.redis.info("memory")["used_memory"])
@@ -88,6 +157,9 @@ def measure(root: Path, count: int, *, timeout: float) -> dict[str, Any]:
         "redis_used_memory_delta_per_chain": (memory1 - memory0) / count,
         "cpu_ms_per_step": cpu_ms,
         "cpu_ms_per_step_all": round(sum(cpu_ms.values()), 3),
+        "cpu_ms_per_step_without_gateway": round(
+            sum(v for name, v in cpu_ms.items() if name != "gateway"), 3
+        ),
         "cpu_speed_ms_after": round(cpu_speed_ms(), 2),
         "gateway_creates": stats.get("creates_total"),
         "gateway_callbacks_sent": stats.get("callbacks_sent"),
@@ -96,23 +168,66 @@ def measure(root: Path, count: int, *, timeout: float) -> dict[str, Any]:
     }
 
 
+def run_baseline(root: Path, ref: str, count: int, *, timeout: float) -> dict[str, Any]:
+    """``count`` chains through the code at ``ref``: the details' ``baseline`` entry, with
+    ``run`` None and a ``note`` when git, the ref or that code's run failed."""
+    baseline: dict[str, Any] = {"ref": ref, "commit": None, "run": None, "note": None}
+    try:
+        with baseline_code(root, ref) as (commit, code):
+            baseline["commit"] = commit
+            try:
+                baseline["imports"] = imported = imported_from(code)
+                strays = [p for p, f in imported.items() if not Path(f).is_relative_to(code)]
+                if strays:
+                    raise RuntimeError(f"{', '.join(strays)} not imported from {code}: {imported}")
+                baseline["run"] = measure(
+                    root / f"baseline-n{count}", count, timeout=timeout, code=code
+                )
+            except Exception as exc:
+                baseline["error"] = f"{type(exc).__name__}: {exc}"
+                baseline["note"] = f"the code at {commit[:7]} failed: {str(exc)[:200]}"
+    except (OSError, subprocess.SubprocessError) as exc:
+        baseline["note"] = f"no baseline, the code at {ref!r} is unavailable: {git_problem(exc)}"
+    return baseline
+
+
 def run(root: Path, *, quick: bool) -> Section:
     section = Section("scale")
     counts = (100, 1000) if quick else (100, 1000, 5000)
+    ref = os.environ.get("BENCH_BASELINE_REF", BASELINE_REF)
+    baseline: dict[str, Any] = {"ref": None, "note": "no baseline: BENCH_BASELINE_REF is empty"}
     runs: dict[int, dict[str, Any]] = {}
     for count in counts:
-        runs[count] = measure(root / f"n{count}", count, timeout=120 + count * 0.3)
+        timeout = 120 + count * 0.3
+        runs[count] = measure(root / f"n{count}", count, timeout=timeout)
+        if count == BASELINE_COUNT and ref:
+            # Right after the current code's run of the same count: the same machine for both.
+            baseline = run_baseline(root, ref, count, timeout=timeout)
     smallest = runs[counts[0]]
+    old: dict[str, Any] | None = baseline.get("run")
+    old_name = f"code at {baseline['commit'][:7]} (same run)" if old else None
+    old_note = f"; {baseline['note']}" if baseline.get("note") else ""
     for count, r in runs.items():
         label = f"{count:,} x {STEPS}"
         ok = r["statuses"].get("succeeded", 0) == count
+        judged = count == BASELINE_COUNT
         section.add(
             f"wall time {label}",
             r["seconds"],
             "s",
-            goal=f"<= {GOAL_SECONDS_1000:.0f} s" if count == 1000 else None,
-            met=(r["seconds"] <= GOAL_SECONDS_1000 and ok) if count == 1000 else None,
-            note=(f"statuses {r['statuses']}; other processes used {r['foreign_cores']} cores"),
+            baseline=old["seconds"] if judged and old else None,
+            baseline_name=old_name if judged else None,
+            goal=f"<= {GOAL_SECONDS_1000:.0f} s" if judged else None,
+            met=(r["seconds"] <= GOAL_SECONDS_1000 and ok) if judged else None,
+            note=(
+                f"statuses {r['statuses']}; other processes used {r['foreign_cores']} cores"
+                + (
+                    f"; baseline statuses {old['statuses']}, other processes "
+                    f"{old['foreign_cores']} cores"
+                    if judged and old
+                    else ""
+                )
+            ),
         )
         section.add(f"steps/s {label}", r["steps_per_second"], "steps/s")
         section.add(
@@ -126,6 +241,32 @@ def run(root: Path, *, quick: bool) -> Section:
                 f"CPU speed probe {r['cpu_speed_ms_after']} ms"
             ),
         )
+        if judged:
+            section.add(
+                f"CPU per step {label}, gateway excluded",
+                r["cpu_ms_per_step_without_gateway"],
+                "ms",
+                baseline=old["cpu_ms_per_step_without_gateway"] if old else None,
+                baseline_name=old_name,
+                goal=f"<= {GOAL_CPU_RATIO:.0%} of baseline",
+                met=(
+                    r["cpu_ms_per_step_without_gateway"]
+                    <= GOAL_CPU_RATIO * old["cpu_ms_per_step_without_gateway"]
+                    and ok
+                )
+                if old
+                else None,
+                note=(
+                    "web + worker + beat"
+                    + (
+                        f"; baseline's gateway, web, worker, beat: {old['cpu_ms_per_step']}, "
+                        f"CPU speed probe {old['cpu_speed_ms_after']} ms"
+                        if old
+                        else ""
+                    )
+                    + old_note
+                ),
+            )
         section.add(
             f"per-chain time {label}",
             r["ms_per_chain"],
@@ -158,6 +299,7 @@ def run(root: Path, *, quick: bool) -> Section:
         )
     section.details = {
         "runs": {str(k): v for k, v in runs.items()},
+        "baseline": baseline,
         "steps_per_chain": STEPS,
         "seeded_videos": SEEDS,
         "worker_concurrency": 4,

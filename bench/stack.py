@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import signal
 import time
 from contextlib import suppress
@@ -20,7 +21,7 @@ from typing import Any
 import redis
 import requests
 
-from chainctl.devstack import Stack, find_procfile, start_local
+from chainctl.devstack import Stack, find_procfile, read_procfile, start_local
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 LOOPBACK = "127.0.0.1"
@@ -142,6 +143,20 @@ def procfile_commands() -> dict[str, str]:
     return {name: loopback(command) for name, command in find_procfile().items()}
 
 
+def code_commands(code: Path) -> dict[str, str]:
+    """The Procfile of the checkout ``code`` (e.g. a git worktree of an older commit), each
+    command run in that directory."""
+    cd = f"cd {shlex.quote(str(code))} && "
+    return {
+        name: cd + loopback(command) for name, command in read_procfile(code / "Procfile").items()
+    }
+
+
+def code_pythonpath(code: Path) -> str:
+    """``PYTHONPATH`` with the checkout ``code`` first, ahead of this tree's packages."""
+    return os.pathsep.join([str(code), *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
 def wait_worker_ready(stack: Stack, name: str = "worker", timeout: float = 60.0) -> None:
     """Until the Celery worker logs that it is ready to take tasks."""
     deadline = time.monotonic() + timeout
@@ -162,17 +177,26 @@ def start_service(
     processes: tuple[str, ...] = ("web", "worker", "beat"),
     web_command: str | None = None,
     gateway_faults: str | None = None,
+    code: Path | None = None,
     **settings: str,
 ) -> BenchService:
     """The gateway and the Procfile's ``processes`` on free loopback ports, with ``settings``
     (upper-cased into the environment) over the benchmark's defaults. Returns once the web
-    process answers and the worker is ready."""
+    process answers and the worker is ready.
+
+    With ``code`` (a checkout of the service), the ``processes`` are that checkout's: its
+    Procfile's commands, run in its directory with it first on ``PYTHONPATH`` so that its
+    ``worker``, ``webhook`` and ``kling`` win over this tree's. The gateway stays this tree's.
+    """
     stack = Stack(root / "logs")
     prefix, queue = new_prefix()
     gateway_args = ["--bytes-per-second", str(bytes_per_second), "--log-level", "warning"]
     if gateway_faults:
         gateway_args += ["--faults", gateway_faults]
-    commands = procfile_commands()
+    commands = procfile_commands() if code is None else code_commands(code)
+    if code is not None:
+        # local_env upper-cases it into the environment of the processes, not the gateway's.
+        settings = {"pythonpath": code_pythonpath(code), **settings}
     if web_command is not None:
         commands["web"] = web_command
     client = redis.Redis.from_url(REDIS_URL)
