@@ -6,6 +6,7 @@ import secrets
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import fakeredis
 import pytest
@@ -14,6 +15,7 @@ import redis
 from kling.models import Task, TaskStatus, Video
 from worker.core.chain import Claim, Spec, SubmitStep, Submitted, TaskUpdate, Verdict, new_chain
 from worker.core.videos import archived
+from worker.state import optimistic
 from worker.state.chains import Settled, Store, Timing, UnknownChain
 from worker.state.spend import DAY_TTL, Spend, utc_day
 from worker.state.videos import Videos
@@ -140,3 +142,57 @@ def test_unknown_chain(store: Store) -> None:
         store.get("nope")
     with pytest.raises(UnknownChain):
         store.transition("nope", Claim(0, "w", 60))
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
+def test_optimistic_counts_every_increment_under_contention(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    client: redis.Redis = (
+        fakeredis.FakeRedis()
+        if backend == "fakeredis"
+        else redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    )
+    key, other = f"test-opt-{secrets.token_hex(4)}", f"test-opt-{secrets.token_hex(4)}"
+    client.set(other, b"7")
+
+    def bump() -> int:
+        def decide(raw: bytes | None, read: Any) -> tuple[Any, int]:
+            n = int(raw or 0) + int(read(other) or 0) - 7  # reads a second document too
+            return (lambda pipe: pipe.set(key, n + 1).hincrby(f"{key}:h", "n", 1)), n + 1
+
+        return optimistic(client, key, decide)
+
+    threads = 12
+    per = 25
+    results = hammer(threads, lambda: [bump() for _ in range(per)])
+    assert int(client.get(key) or 0) == threads * per
+    assert int(client.hget(f"{key}:h", "n") or 0) == threads * per
+    seen = sorted(n for batch in results for n in batch)  # type: ignore[attr-defined]
+    assert seen == list(range(1, threads * per + 1))  # one linear history
+    client.delete(key, other, f"{key}:h")
+
+
+@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
+def test_optimistic_decides_again_when_a_read_document_changed(
+    backend: str, request: pytest.FixtureRequest
+) -> None:
+    client: redis.Redis = (
+        fakeredis.FakeRedis()
+        if backend == "fakeredis"
+        else redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    )
+    key, other = f"test-opt-{secrets.token_hex(4)}", f"test-opt-{secrets.token_hex(4)}"
+    calls: list[tuple[bytes | None, bytes | None]] = []
+
+    def decide(raw: bytes | None, read: Any) -> tuple[Any, str]:
+        seen = read(other)
+        calls.append((raw, seen))
+        if len(calls) == 1:
+            client.set(other, b"changed")  # another client, between the read and the commit
+        return (lambda pipe: pipe.set(key, b"written from " + (seen or b"nothing"))), "ok"
+
+    assert optimistic(client, key, decide) == "ok"
+    assert calls == [(None, None), (None, b"changed")]
+    assert client.get(key) == b"written from changed"
+    client.delete(key, other)

@@ -2,8 +2,8 @@
 
 A chain is a JSON document. Every change is ``apply(chain, event, now) -> Outcome``: a new
 chain plus the work to enqueue once the new state is committed. The Redis shell
-(``worker.state.chains``) runs ``apply`` inside a WATCH/MULTI transaction, so concurrent callbacks,
-duplicate deliveries and retries all see one linear history.
+(``worker.state.chains``) runs ``apply`` inside an optimistic transaction (compare-and-set),
+so concurrent callbacks, duplicate deliveries and retries all see one linear history.
 
 What must happen next (poll a quiet task, submit a step) is *derived* from the state by
 ``schedule()``; the store mirrors it into a sorted set that the beat sweep reads, so a process

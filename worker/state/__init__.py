@@ -1,15 +1,17 @@
 """The Redis side: every key (``keys``), chains (``chains``) and video records (``videos``).
 
-``optimistic`` is the one way a document changes: redis-py's ``transaction`` (WATCH, run,
-MULTI/EXEC, again on a conflict) around a pure decision.
+``optimistic`` is the one way a document changes: read, decide (pure), and commit the
+decision's writes only if nothing it read has changed meanwhile, else decide again.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from redis.commands.core import Script
 
 T = TypeVar("T")
 
@@ -28,8 +30,32 @@ if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 end
 return 0
 """
-Writes = Callable[[Any], None]  # queues commands on the MULTI pipeline
-Read = Callable[[str], bytes | None]  # WATCH one more key and read it
+Writes = Callable[[Any], None]  # queues commands on a pipeline (sent by _COMMIT)
+Read = Callable[[str], bytes | None]  # read one more document, checked again at the commit
+
+# KEYS: the documents a decision read. ARGV: for each, '' when it was missing, else '='
+# followed by its value; then the decision's writes, each as its argument count followed by
+# its arguments. Runs the writes only if every document still is what was read (else 0),
+# atomically: a compare-and-set of several keys, in one round trip.
+_COMMIT = """
+for i, key in ipairs(KEYS) do
+  local now = redis.call('GET', key)
+  local seen = ARGV[i]
+  if seen == '' then
+    if now then return 0 end
+  elseif not now or '=' .. now ~= seen then
+    return 0
+  end
+end
+local at = #KEYS + 1
+while at <= #ARGV do
+  local argc = tonumber(ARGV[at])
+  redis.call(unpack(ARGV, at + 1, at + argc))
+  at = at + argc + 1
+end
+return 1
+"""
+_commits: weakref.WeakKeyDictionary[redis.Redis, Script] = weakref.WeakKeyDictionary()
 
 
 def optimistic(
@@ -37,30 +63,46 @@ def optimistic(
     key: str,
     decide: Callable[[bytes | None, Read], tuple[Writes | None, T]],
 ) -> T:
-    """WATCH ``key``, let ``decide`` look at its value, run its writes in MULTI/EXEC.
+    """Read ``key``, let ``decide`` look at its value, and commit its writes unless ``key``
+    (or another document it read) changed meanwhile.
 
     ``decide`` returns ``(writes, result)``; ``writes`` None means nothing to write (and no
-    MULTI/EXEC round trip). It may read further documents with its second argument, which
-    watches them too. When another client changes any watched key first, the whole thing runs
-    again on the new values, so concurrent callers see one linear history.
+    further round trip). It may read further documents with its second argument. When
+    another client changes any of them first, the whole thing runs again on the new values,
+    so concurrent callers see one linear history. The writes are queued on a pipeline that
+    is never sent: its commands go to Redis inside one script (``_COMMIT``), which checks
+    the documents and applies them atomically, in one round trip where WATCH, GET and
+    MULTI/EXEC took three.
     """
-
-    def attempt(pipe: Any) -> T:
-        def read(other: str) -> bytes | None:
-            pipe.watch(other)
-            return _raw(pipe.get(other))
-
-        writes, result = decide(_raw(pipe.get(key)), read)
+    commit = _commits.get(client)
+    if commit is None:
+        commit = _commits[client] = client.register_script(_COMMIT)
+    while True:
+        seen: dict[str, bytes | None] = {}
+        read = _reader(client, seen)
+        writes, result = decide(read(key), read)
         if writes is None:
-            pipe.unwatch()  # execute() then sends nothing
-        else:
-            pipe.multi()
-            writes(pipe)
-        return result
+            return result
+        pipe = client.pipeline(transaction=False)
+        writes(pipe)
+        argv: list[Any] = [b"" if v is None else b"=" + v for v in seen.values()]
+        for args, _options in pipe.command_stack:
+            argv.append(len(args))
+            argv.extend(args)
+        pipe.reset()
+        if commit(keys=list(seen), args=argv):
+            return result
 
-    # redis-py types the callable as returning None, though value_from_callable returns it.
-    result: T = client.transaction(attempt, key, value_from_callable=True)  # type: ignore[arg-type,assignment]
-    return result
+
+def _reader(client: redis.Redis, seen: dict[str, bytes | None]) -> Read:
+    """Reads documents once each, keeping what it saw for the commit's check."""
+
+    def read(name: str) -> bytes | None:
+        if name not in seen:
+            seen[name] = _raw(client.get(name))
+        return seen[name]
+
+    return read
 
 
 def _raw(value: bytes | str | None) -> bytes | None:

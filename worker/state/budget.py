@@ -2,7 +2,7 @@
 
 Admission is one Lua script (``worker.core.budget.admit`` is the rule it carries out), so any
 number of worker processes on any number of hosts share one budget. A step's reservation is
-dropped in the same MULTI as the transition that takes its step out of flight (``release``,
+dropped in the same atomic commit as the transition that takes its step out of flight (``release``,
 called by ``Store._evolve``), which is also where a settled step's cost is counted: reserved
 units turn into spent units at once, never both and never neither. The sweep drops what a
 crash may still leave behind (``stale``). Key names: ``worker.state.keys``.
@@ -62,7 +62,7 @@ class Admission:
 
 
 def release(pipe: Any, keys: Keys, old: Chain, new: Chain) -> None:
-    """Queue, on the MULTI pipeline ``pipe``, the end of the reservations of the steps that
+    """Queue, on the transition's pipeline ``pipe``, the end of the reservations of the steps that
     ``old`` had in flight and ``new`` no longer has."""
     gone = [
         member(new.id, s.index)

@@ -5,8 +5,8 @@ schedule, read by the beat sweep), Idempotency-Keys, which step recorded each pr
 (never two), and what a provider has been seen to do. Key names: ``worker.state.keys``.
 
 A chain's videos live in the archive's records (``worker.state.videos``). The transition
-that asks for a video to be archived registers its record in the same MULTI, and the change
-that archives or loses the record tells its chain in the same MULTI: no crash can leave a
+that asks for a video to be archived registers its record in the same commit, and the change
+that archives or loses the record tells its chain in the same commit: no crash can leave a
 video the chain made unknown to the archive, nor a chain waiting for a settled video.
 
 A finished chain's document expires after ``CHAIN_RETENTION_DAYS`` (``_put``; a resume
@@ -219,7 +219,7 @@ class Store:
                 return Page(found, float(ids[-1][1]))
 
     def transition(self, chain_id: str, event: Event) -> Outcome:
-        """Apply ``event`` atomically (optimistic WATCH/MULTI, retried on conflict)."""
+        """Apply ``event`` atomically (``optimistic``: decided again on a conflict)."""
 
         def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Outcome]:
             if raw is None:
@@ -230,7 +230,7 @@ class Store:
 
     def settle(self, video_id: str, change: Callable[[VideoRecord], VideoRecord]) -> Settled:
         """Apply ``change`` (``archived``, ``lost``) to a video record atomically; when that
-        settles a chain's video, the chain learns it (``VideoSettled``) in the same MULTI."""
+        settles a chain's video, the chain learns it (``VideoSettled``) in the same commit."""
 
         def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Settled]:
             if raw is None:

@@ -10,7 +10,7 @@ by ``ZCARD``/``ZCOUNT``), provider slots, queue lengths.
 
 Adding to a figure never fails the caller's work: a Redis error is logged and the figure
 misses one count. The two that must be exact are written in the chain transition's own
-MULTI instead (``Store._evolve`` calls ``chain_moved`` and ``task_ended``), so a terminal
+commit instead (``Store._evolve`` calls ``chain_moved`` and ``task_ended``), so a terminal
 status applied twice counts once.
 """
 
@@ -64,7 +64,7 @@ RECOUNT_PAGE = 500
 PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
 
 
-# -- written in the chain transition's MULTI (``worker.state.chains``) ------------------------
+# -- written in the chain transition's commit (``worker.state.chains``) ----------------------
 def chain_moved(pipe: Any, keys: Keys, old: str | None, new: str) -> None:
     """Queue the change of a chain's status (``old`` None: a new chain) on ``pipe``."""
     if old == new:

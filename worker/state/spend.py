@@ -1,7 +1,7 @@
 """The account's reported costs per UTC day, in Redis.
 
 A step's cost (``final_unit_deduction``) is counted when the transition that settles the step
-commits, in the same MULTI (``Store._evolve`` calls ``count``): a terminal update applied twice
+commits, in the same commit (``Store._evolve`` calls ``count``): a terminal update applied twice
 (callbacks repeat) settles the step once, so it is counted once. Amounts are kept as integer
 micro-units (``HINCRBY``/``INCRBY``), so sums are exact. Key names: ``worker.state.keys``.
 """
@@ -41,7 +41,7 @@ def newly_settled(old: Chain, new: Chain) -> list[Step]:
 
 
 def count(pipe: Any, keys: Keys, chain: Chain, steps: list[Step], now: float) -> None:
-    """Queue the counters for ``steps`` (``newly_settled``) on the MULTI pipeline ``pipe``."""
+    """Queue the counters for ``steps`` (``newly_settled``) on the transition's ``pipe``."""
     if not steps:
         return
     key = keys.spend_day(utc_day(now))
