@@ -81,6 +81,9 @@ CALLBACK_REFUSALS = {
 IDEMPOTENCY_TTL = 24 * 3600
 MAX_REQUEST_BYTES = 256 * 1024
 ARCHIVE_DEDUPE_SECONDS = 24 * 3600
+# An early callback naming a task its step has not recorded yet is looked at again this much
+# later (a create reply is usually home by then) before a query of it is queued.
+EARLY_LOOK_AGAIN_SECONDS = 0.3
 MAX_SPEND_DAYS = 400  # as long as a day's figures are kept
 
 
@@ -349,7 +352,12 @@ class Web:
         fast = webhook_id is None  # unsigned: nothing to deduplicate before queueing
         known: bool | None = None  # None: not looked up, and not counted yet
         if fast and candidate is not None and task.status.value in EARLY_STATUSES:
-            known = await self._count_and_look_up(chain_id, index, candidate)
+            known = await self._look_up(chain_id, index, candidate, count=True)
+            if known is False:
+                # A task's first callback often beats its create reply to the worker: look
+                # once more, a moment later, before queueing a query for nothing.
+                await asyncio.sleep(EARLY_LOOK_AGAIN_SECONDS)
+                known = await self._look_up(chain_id, index, candidate, count=False)
         if known:
             pass  # the step recorded this task already: an early status asks nothing more
         elif not (fast and await self._count_and_enqueue(succeeded, REFRESH_STEP, refresh, known)):
@@ -413,17 +421,20 @@ class Web:
             await self._count_callback(outcome)
             raise
 
-    async def _count_and_look_up(self, chain_id: str, index: int, task_id: str) -> bool | None:
-        """An accepted callback's count, and whether step ``index`` recorded ``task_id`` as
-        its own (``Store.claim_task``), in one round trip to the broker, shared with the
-        callbacks arriving meanwhile (``webhook.coalesce``). None when that is not possible
-        here (nothing counted)."""
+    async def _look_up(
+        self, chain_id: str, index: int, task_id: str, *, count: bool
+    ) -> bool | None:
+        """Whether step ``index`` recorded ``task_id`` as its own (``Store.claim_task``), and
+        with ``count`` the accepted callback's count, in one round trip to the broker shared
+        with the callbacks arriving meanwhile (``webhook.coalesce``). None when that is not
+        possible here (nothing counted)."""
         if self.publisher is None or self.coalescer is None:
             return None
 
         def queue(pipe: Any) -> None:
             pipe.get(self.store.keys.task_owner(task_id))
-            self.figures.queue_callback(pipe, CallbackOutcome.ACCEPTED)
+            if count:
+                self.figures.queue_callback(pipe, CallbackOutcome.ACCEPTED)
 
         try:
             owner, *_ = await self.coalescer.run(queue)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -13,7 +15,7 @@ import redis
 from starlette.testclient import TestClient
 
 from tests.support import FAST, Service, fresh, module_service, start_chain
-from webhook.app import create_app
+from webhook.app import EARLY_LOOK_AGAIN_SECONDS, create_app
 from worker import wiring
 from worker.celery import app
 from worker.core import tokens
@@ -67,11 +69,15 @@ def test_an_early_callback_queues_nothing_once_the_step_has_its_task(
     store = wiring.state(settings).chains
     before = client.llen(queue.queue)
 
+    web = TestClient(create_app(settings)).__enter__()
+    took: list[float] = []
+
     def post(status: str, task_id: str) -> None:
         token = tokens.sign(secret.encode(), "c1", 0)
         body = {"task_id": task_id, "task_status": status, "created_at": 1, "updated_at": 2}
-        with TestClient(create_app(settings)) as web:
-            assert web.post(f"/callbacks/c1/0/{token}", json=body).status_code == 200
+        started = time.monotonic()
+        assert web.post(f"/callbacks/c1/0/{token}", json=body).status_code == 200
+        took.append(time.monotonic() - started)
 
     def queued() -> list[list[Any]]:
         raws = client.lrange(queue.queue, 0, client.llen(queue.queue) - before - 1)
@@ -92,7 +98,17 @@ def test_an_early_callback_queues_nothing_once_the_step_has_its_task(
         ]
         counted = Metrics(client, Keys(prefix)).read(queues=(), warn_window=3600).counters
         assert counted[CALLBACKS.name][("accepted",)] == 5
+        # A first callback that beats its create reply: the step records the task while the
+        # web waits to look again, and nothing is queued.
+        racing = threading.Thread(target=post, args=("submitted", "t3"))
+        racing.start()
+        time.sleep(EARLY_LOOK_AGAIN_SECONDS / 2)
+        store.claim_task("t3", step_name("c1", 0))
+        racing.join()
+        assert len(queued()) == 3
+        assert took[-1] >= EARLY_LOOK_AGAIN_SECONDS  # it waited, and looked again
     finally:
+        web.__exit__(None, None, None)
         for _ in range(client.llen(queue.queue) - before):
             client.lpop(queue.queue)
         for key in client.scan_iter(f"{prefix}*"):
