@@ -1,17 +1,22 @@
-"""The pure decisions of worker.outbound.download (with its pace and error texts)."""
+"""The pure decisions of worker.outbound.download (with its pace and error texts), and how it
+reads a body."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import re
 
 import pytest
 import requests
 import urllib3
+from requests.structures import CaseInsensitiveDict
 
 from worker.outbound.download import (
     Action,
     ContentRange,
     DownloadPermanent,
+    _body,
     check_complete,
     check_url,
     parse_content_length,
@@ -354,3 +359,49 @@ def _connection_error() -> requests.ConnectionError:
 def test_describe_error_gives_types_and_never_the_url(exc: Exception, described: str) -> None:
     assert "secret123" in str(exc)  # what the libraries' own messages carry
     assert describe_error(exc) == described
+
+
+# -- reading the body ------------------------------------------------------------------------
+
+BODY = bytes(range(256)) * 1000
+
+
+def reply_with(body: bytes, headers: dict[str, str]) -> requests.Response:
+    """A streamed reply whose connection holds `body`, as `_open` hands it over."""
+    reply = requests.Response()
+    reply.status_code = 200
+    reply.headers = CaseInsensitiveDict(headers)
+    reply.raw = urllib3.HTTPResponse(
+        body=io.BytesIO(body), headers=headers, status=200, preload_content=False
+    )
+    return reply
+
+
+@pytest.mark.parametrize("headers", [{}, {"Content-Encoding": "identity"}])
+def test_a_plain_body_arrives_as_sent_in_bounded_pieces(headers: dict[str, str]) -> None:
+    pieces = list(_body(reply_with(BODY, headers), 4096))
+
+    assert b"".join(pieces) == BODY
+    assert max(len(piece) for piece in pieces) <= 4096
+
+
+def test_a_plain_body_skips_urllib3s_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The decoder's buffer copies every piece once more: a body with no encoding goes around it
+    reply = reply_with(BODY, {})
+    asked: list[bool | None] = []
+    read1 = reply.raw.read1
+
+    def spy(amt: int | None = None, decode_content: bool | None = None) -> bytes:
+        asked.append(decode_content)
+        return read1(amt, decode_content=decode_content)
+
+    monkeypatch.setattr(reply.raw, "read1", spy)
+    assert b"".join(_body(reply, 64 * 1024)) == BODY
+    assert set(asked) == {False}
+
+
+def test_a_body_the_server_encoded_anyway_is_still_decoded() -> None:
+    # Asked for identity, a server may gzip regardless: the file is what it decodes to
+    reply = reply_with(gzip.compress(BODY), {"Content-Encoding": "gzip"})
+
+    assert b"".join(_body(reply, 4096)) == BODY

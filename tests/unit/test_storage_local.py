@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.storage import Upload, open_storage
+from worker.storage import Upload, local, open_storage
 from worker.storage.errors import ChecksumMismatch
 from worker.storage.local import LocalStorage, write_json_atomic
 
@@ -124,6 +124,82 @@ def test_a_failing_rename_leaves_nothing(
         upload.commit(size=3)
 
     assert listing(storage.directory) == []
+
+
+# -- write-behind ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hints(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The write-behind hints the uploads give from now on: (offset, length), each still given."""
+    given: list[tuple[int, int]] = []
+    advise = getattr(os, "posix_fadvise", None)
+
+    def spy(fd: int, offset: int, length: int, advice: int) -> None:
+        assert advice == os.POSIX_FADV_DONTNEED
+        given.append((offset, length))
+        if advise is not None:
+            advise(fd, offset, length, advice)
+
+    monkeypatch.setattr(local, "_ADVISE", spy)
+    return given
+
+
+def test_a_large_upload_hints_the_kernel_every_write_behind_bytes(
+    storage: LocalStorage, hints: list[tuple[int, int]], disk_events: list[str]
+) -> None:
+    # Given 2.5 write-behind stretches written in pieces that do not line up with them
+    data = DATA * (5 * local.WRITE_BEHIND // (2 * len(DATA)))
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, data, piece=300_000)
+
+    # Then the kernel was told twice, each time about everything written so far
+    assert len(hints) == 2
+    assert all(offset == 0 for offset, _ in hints)
+    assert [length // local.WRITE_BEHIND for _, length in hints] == [1, 2]
+
+    # And the commit still syncs the file once, with every byte and the right hash
+    upload.commit(size=len(data))
+    assert disk_events == ["fsync-file", "replace", "fsync-dir"]
+    assert (storage.directory / "vid_1.mp4").read_bytes() == data
+    assert upload.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_a_small_upload_gives_no_hint(storage: LocalStorage, hints: list[tuple[int, int]]) -> None:
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, DATA)
+    upload.commit(size=len(DATA))
+
+    assert hints == []
+
+
+def test_rewind_starts_the_write_behind_count_over(
+    storage: LocalStorage, hints: list[tuple[int, int]]
+) -> None:
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, b"x" * (local.WRITE_BEHIND - 1))
+    upload.rewind()
+    write_in_pieces(upload, b"y" * (local.WRITE_BEHIND - 1))
+    assert hints == []
+
+    upload.write(b"y")
+    assert hints == [(0, local.WRITE_BEHIND)]
+    upload.abort()
+
+
+def test_without_posix_fadvise_uploads_work_the_same(
+    storage: LocalStorage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As on macOS: no write-behind, the same file and hash
+    monkeypatch.setattr(local, "_ADVISE", None)
+    data = DATA * (local.WRITE_BEHIND // len(DATA) + 1)
+    upload = storage.open("vid_1.mp4")
+    write_in_pieces(upload, data, piece=len(DATA))
+
+    upload.commit(size=len(data))
+
+    assert (storage.directory / "vid_1.mp4").read_bytes() == data
+    assert upload.sha256 == hashlib.sha256(data).hexdigest()
 
 
 # -- abort, rewind, misuse ---------------------------------------------------------------------

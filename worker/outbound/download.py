@@ -301,7 +301,12 @@ class _Part:
 
     @property
     def received(self) -> int:
-        """Bytes of the file the upload holds: where a resume starts."""
+        """Bytes of the file the upload holds: where a resume starts.
+
+        Asked of the upload itself, not taken from our own count: an upload that lost bytes
+        then resumes from where it really is, and the commit finds it short (`kept`
+        disagrees). Asked between attempts only; while a body streams, `_attempt` counts.
+        """
         return self.upload.offset
 
     def restart(self) -> None:
@@ -357,9 +362,16 @@ def _body(reply: requests.Response, size: int) -> Iterator[bytes]:
     Each piece is what one read from the connection gave (``read1``), unlike
     ``iter_content``, which waits until it has `size` bytes: a host that trickles a byte at a
     time would hold that wait, and the worker, for as long as it liked.
+
+    A body without a Content-Encoding (what ``Accept-Encoding: identity`` asks for) is read
+    with ``decode_content=False``: urllib3 then hands over what the socket gave, where
+    decoding passes every piece through its buffer and copies it once more for nothing. A
+    server that encodes the body anyway is still decoded, as before.
     """
     raw = reply.raw
-    while piece := raw.read1(size, decode_content=True):
+    encoding = reply.headers.get("Content-Encoding", "").strip().lower()
+    decode = encoding not in ("", "identity")
+    while piece := raw.read1(size, decode_content=decode):
         yield piece
 
 
@@ -400,13 +412,17 @@ def _attempt(
         part.total, part.ranges = plan.total, plan.ranges
         if plan.offset == 0:
             part.etag = reply.headers.get("ETag")
+        # Our own count while the body streams, for the cap and the meter; the upload's
+        # offset, which the resume and the completeness check trust, is asked once at the end.
+        received = plan.offset
         for chunk in _body(reply, chunk_size):
             part.write(chunk)
-            if part.received > max_bytes:
+            received += len(chunk)
+            if received > max_bytes:
                 raise DownloadPermanent(
                     f"{display(url)}: body exceeds the cap of {max_bytes} bytes"
                 )
-            slow = meter.add(len(chunk)) if part.received != part.total else None
+            slow = meter.add(len(chunk)) if received != part.total else None
             if slow is not None:
                 return slow
     return check_complete(part.received, part.total)
