@@ -47,7 +47,7 @@ from worker.core.chain import (
     Verdict,
     step_name,
 )
-from worker.core.metrics import CreateOutcome, create_outcome
+from worker.core.metrics import create_outcome
 from worker.core.reconcile import (
     LIST_MAX_PAGES,
     LIST_PAGE_SIZE,
@@ -64,6 +64,7 @@ from worker.core.reconcile import (
 )
 from worker.core.schedule import Work
 from worker.settings import Settings
+from worker.state import Also
 from worker.state.budget import Budget
 from worker.state.chains import Store, UnknownChain
 from worker.state.metrics import Metrics
@@ -191,11 +192,11 @@ class Runner:
             external_task_id=external,
         )
 
-    def _record(self, chain_id: str, step: Step, task: Task) -> None:
+    def _record(self, chain_id: str, step: Step, task: Task, *, also: Also | None = None) -> None:
         index = step.index
         self.store.claim_task(task.task_id, step_name(chain_id, index))
         look_at = self._look_at(step.kind, self.clock())
-        out = self._apply(chain_id, Submitted(index, task, look_at=look_at))
+        out = self._apply(chain_id, Submitted(index, task, look_at=look_at), also=also)
         if task.status.terminal:  # a lookup found it finished already: that reply is a query
             out = self._apply(chain_id, TaskUpdate(index, task))
         self.dispatch(chain_id, out.actions)
@@ -268,7 +269,7 @@ class Runner:
                 return self.settings.slot_poll_seconds  # unless a release hands one over first
         try:
             request = self._request(out.chain, step)
-            task = self._create(kind, request, chain_id, index)
+            task, counted = self._create(kind, request, chain_id, index)
         except InvalidRequest as exc:
             self._apply(chain_id, SubmitFailed(index, describe(exc)))
             return None
@@ -309,15 +310,16 @@ class Runner:
             task.task_id,
             extra=_fields(chain_id, index, "step.created", task.task_id),
         )
-        self._record(chain_id, step, task)
+        self._record(chain_id, step, task, also=counted)
         self._learn(kind, step, task)
         return None
 
     def _create(
         self, kind: TaskKind, request: ExtendRequest | Text2VideoRequest, chain_id: str, index: int
-    ) -> Task:
+    ) -> tuple[Task, Also]:
         """Send the create, counted by its outcome (``kc_creates_total``); raises as the
-        client does."""
+        client does. An accepted one's count comes back as writes for the commit that
+        records the task."""
         try:
             task = self.provider.create(kind, request)
         except InvalidRequest:
@@ -325,8 +327,7 @@ class Runner:
         except KlingError as exc:
             self.metrics.created(kind.value, create_outcome(exc), chain_id=chain_id, index=index)
             raise
-        self.metrics.created(kind.value, CreateOutcome.ACCEPTED, chain_id=chain_id, index=index)
-        return task
+        return task, self.metrics.accepted(kind.value, chain_id=chain_id, index=index)
 
     # -- reconcile a create whose reply was lost -----------------------------------------------
     def _reconcile(self, chain_id: str, step: Step, kind: TaskKind) -> Answer:
@@ -491,8 +492,11 @@ class Runner:
                 return None
             return self._confirm_candidate(chain_id, step, candidate, attempt)
         task_id = step.task_id
+        counted: list[Also] = []
         try:
-            task = self.metrics.query(lambda: self.provider.get(TaskKind(step.kind), task_id))
+            task = self.metrics.query(
+                lambda: self.provider.get(TaskKind(step.kind), task_id), defer=counted
+            )
         except (RetryableError, MalformedReply) as exc:
             log.warning(
                 "step %s/%s: query failed: %s",
@@ -525,7 +529,7 @@ class Runner:
             extra=_fields(chain_id, index, "step.status", task_id),
         )
         look_at = self._look_at(step.kind, step.submitted_at or step.news_at)
-        out = self._apply(chain_id, TaskUpdate(index, task, look_at=look_at))
+        out = self._apply(chain_id, TaskUpdate(index, task, look_at=look_at), also=counted[0])
         after = out.chain.step(index)
         if after.status is StepStatus.SUCCEED and step.status.active:
             self._learn_duration(step, after, task)
@@ -644,8 +648,8 @@ class Runner:
         self._record(chain_id, step, task)
         return None
 
-    def _apply(self, chain_id: str, event: Event) -> Outcome:
-        out = self.store.transition(chain_id, event)
+    def _apply(self, chain_id: str, event: Event, *, also: Also | None = None) -> Outcome:
+        out = self.store.transition(chain_id, event, also=also)
         self.archiver.notify_end(out)
         self.archiver.prune_later(out)
         if self.slots is not None and isinstance(event, _MAY_END_A_HOLD):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,8 +33,8 @@ def cancel_right_after_claims(rig: Rig) -> Callable[[str, Event], Outcome]:
     Returns the store's own ``transition``, to put back."""
     transition = rig.store.transition
 
-    def cancel_after_claim(chain_id: str, event: Event) -> Outcome:
-        out = transition(chain_id, event)
+    def cancel_after_claim(chain_id: str, event: Event, **kwargs: Any) -> Outcome:
+        out = transition(chain_id, event, **kwargs)
         if isinstance(event, Claim):
             transition(chain_id, Cancel())
         return out

@@ -32,6 +32,20 @@ return 0
 """
 Writes = Callable[[Any], None]  # queues commands on a pipeline (sent by _COMMIT)
 Read = Callable[[str], bytes | None]  # read one more document, checked again at the commit
+Also = Callable[[Read], Writes]  # more writes for a commit, decided with what they read
+
+
+def joined(first: Writes | None, then: Writes | None) -> Writes | None:
+    """Both writes, in order, as one."""
+    if first is None or then is None:
+        return first or then
+
+    def both(pipe: Any) -> None:
+        first(pipe)
+        then(pipe)
+
+    return both
+
 
 # KEYS: the documents a decision read. ARGV: for each, '' when it was missing, else '='
 # followed by its value; then the decision's writes, each as its argument count followed by

@@ -41,7 +41,7 @@ from worker.core.reconcile import Capability
 from worker.core.retention import Keep, Retention, expires, newly_succeeded
 from worker.core.schedule import Due, schedule
 from worker.core.videos import VideoRecord, adopt
-from worker.state import Read, Writes, optimistic, spend, text
+from worker.state import Also, Read, Writes, joined, optimistic, spend, text
 from worker.state import metrics as figures
 from worker.state.budget import release
 from worker.state.keys import Keys
@@ -218,13 +218,16 @@ class Store:
             if scanned >= max_scanned:
                 return Page(found, float(ids[-1][1]))
 
-    def transition(self, chain_id: str, event: Event) -> Outcome:
-        """Apply ``event`` atomically (``optimistic``: decided again on a conflict)."""
+    def transition(self, chain_id: str, event: Event, *, also: Also | None = None) -> Outcome:
+        """Apply ``event`` atomically (``optimistic``: decided again on a conflict). ``also``:
+        writes that ride in the same commit (figures of the work that led to the event),
+        committed even when the event changes nothing."""
 
         def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Outcome]:
             if raw is None:
                 raise UnknownChain(chain_id)
-            return self._evolve(raw, event, read)
+            writes, out = self._evolve(raw, event, read)
+            return joined(writes, also(read) if also is not None else None), out
 
         return optimistic(self.redis, self._key(chain_id), decide)
 

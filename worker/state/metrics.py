@@ -48,7 +48,7 @@ from worker.core.metrics import (
     task_seconds,
 )
 from worker.core.videos import VideoState
-from worker.state import text
+from worker.state import Also, Read, Writes, text
 from worker.state.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,26 @@ class Metrics:
             arrived = float(done[-1])
             self._send("a turnaround", lambda p: observe(p, self.keys, TURNAROUND, now - arrived))
 
+    def accepted(self, kind: str, *, chain_id: str, index: int) -> Also:
+        """``created`` for an accepted create, as writes for the commit that records the
+        step's task (``Store.transition(also=...)``) instead of round trips of their own: the
+        count, and the turnaround it ends (read and cleared in that commit)."""
+        now = self.clock()
+
+        def also(read: Read) -> Writes:
+            arrival = self.keys.callback_arrived(chain_id, index - 1) if index > 0 else None
+            arrived = read(arrival) if arrival is not None else None
+
+            def writes(pipe: Any) -> None:
+                self._add(pipe, CREATES.name, (kind, CreateOutcome.ACCEPTED.value))
+                if arrival is not None and arrived is not None:
+                    pipe.delete(arrival)
+                    observe(pipe, self.keys, TURNAROUND, now - float(arrived))
+
+            return writes
+
+        return also
+
     def callback(
         self, outcome: CallbackOutcome, *, succeeded: tuple[str, int] | None = None
     ) -> None:
@@ -180,14 +200,19 @@ class Metrics:
     def queried(self, outcome: QueryOutcome) -> None:
         self._send(f"a query ({outcome})", lambda p: self._add(p, QUERIES.name, (outcome.value,)))
 
-    def query(self, ask: Callable[[], T]) -> T:
-        """``ask()`` (a task query), counted by its outcome; its error is raised on."""
+    def query(self, ask: Callable[[], T], *, defer: list[Also] | None = None) -> T:
+        """``ask()`` (a task query), counted by its outcome; its error is raised on. With
+        ``defer``, a good reply's count is appended there instead, as writes for the commit
+        that applies the reply (``Store.transition(also=...)``)."""
         try:
             answer = ask()
         except KlingError as exc:
             self.queried(query_outcome(exc))
             raise
-        self.queried(QueryOutcome.OK)
+        if defer is None:
+            self.queried(QueryOutcome.OK)
+        else:
+            defer.append(lambda _: lambda pipe: self._add(pipe, QUERIES.name, ("ok",)))
         return answer
 
     def downloaded(self, size: int, seconds: float) -> None:
