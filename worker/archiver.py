@@ -51,6 +51,7 @@ from worker.outbound.download import (
 from worker.outbound.netguard import guarded_session
 from worker.outbound.notify import Event, EventType, event_id, new_event
 from worker.settings import DOWNLOAD_ATTEMPTS, Settings
+from worker.state import Also
 from worker.state.chains import Store, UnknownChain
 from worker.state.metrics import Metrics
 from worker.state.videos import Videos
@@ -245,7 +246,7 @@ class Archiver:
         except (DownloadPermanent, KlingError) as exc:
             self._lost(video_id, str(exc))
             return None
-        self.metrics.downloaded(stored.bytes, time.monotonic() - started)
+        counted = self.metrics.download_counted(stored.bytes, time.monotonic() - started)
         log.info(
             "archive: video %s archived (%d bytes) at %s",
             video_id,
@@ -264,6 +265,7 @@ class Archiver:
                 now=self.clock(),
             ),
             EventType.VIDEO_ARCHIVED,
+            also=counted,
         )
         return None
 
@@ -277,11 +279,16 @@ class Archiver:
             )
 
     def _settle(
-        self, video_id: str, change: Callable[[VideoRecord], VideoRecord], kind: EventType
+        self,
+        video_id: str,
+        change: Callable[[VideoRecord], VideoRecord],
+        kind: EventType,
+        *,
+        also: Also | None = None,
     ) -> bool:
         """Settle the record (telling its chain, if any), then announce it; False when it was
         settled already."""
-        done = self.chains.settle(video_id, change)
+        done = self.chains.settle(video_id, change, also=also)
         if done.changed:
             self.notify(kind, done.record, done.chain.chain if done.chain is not None else None)
         if done.chain is not None:

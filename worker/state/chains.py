@@ -231,17 +231,25 @@ class Store:
 
         return optimistic(self.redis, self._key(chain_id), decide)
 
-    def settle(self, video_id: str, change: Callable[[VideoRecord], VideoRecord]) -> Settled:
+    def settle(
+        self,
+        video_id: str,
+        change: Callable[[VideoRecord], VideoRecord],
+        *,
+        also: Also | None = None,
+    ) -> Settled:
         """Apply ``change`` (``archived``, ``lost``) to a video record atomically; when that
-        settles a chain's video, the chain learns it (``VideoSettled``) in the same commit."""
+        settles a chain's video, the chain learns it (``VideoSettled``) in the same commit.
+        ``also``: as in ``transition``."""
 
         def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Settled]:
+            more = also(read) if also is not None else None
             if raw is None:
-                return None, Settled(None, False)
+                return more, Settled(None, False)
             old = VideoRecord.from_json(raw)
             new = change(old)
             if new == old:
-                return None, Settled(old, False)
+                return more, Settled(old, False)
             told: Writes | None = None
             out: Outcome | None = None
             if new.chain_id is not None and new.settled:
@@ -254,7 +262,7 @@ class Store:
                 if told is not None:
                     told(pipe)
 
-            return writes, Settled(new, True, out)
+            return joined(writes, more), Settled(new, True, out)
 
         return optimistic(self.redis, self.keys.video(video_id), decide)
 

@@ -216,11 +216,20 @@ class Metrics:
         return answer
 
     def downloaded(self, size: int, seconds: float) -> None:
+        self._send("a download", self._download(size, seconds))
+
+    def download_counted(self, size: int, seconds: float) -> Also:
+        """``downloaded``, as writes for the commit that settles the video's record
+        (``Store.settle(also=...)``) instead of a round trip of its own."""
+        queue = self._download(size, seconds)
+        return lambda _: queue
+
+    def _download(self, size: int, seconds: float) -> Writes:
         def queue(pipe: Any) -> None:
             self._add(pipe, DOWNLOAD_BYTES.name, (), size)
             observe(pipe, self.keys, DOWNLOAD_SECONDS, seconds)
 
-        self._send("a download", queue)
+        return queue
 
     # -- reading -----------------------------------------------------------------------------
     def refused(self) -> Refused:
