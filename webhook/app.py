@@ -26,6 +26,7 @@ from kombu.exceptions import OperationalError
 from pydantic import ValidationError
 from redis import asyncio as aioredis
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -351,15 +352,16 @@ class Web:
         refresh = (chain_id, index, candidate, None, task.status.value)
         fast = webhook_id is None  # unsigned: nothing to deduplicate before queueing
         known: bool | None = None  # None: not looked up, and not counted yet
+        later: BackgroundTask | None = None
         if fast and candidate is not None and task.status.value in EARLY_STATUSES:
             known = await self._look_up(chain_id, index, candidate, count=True)
-            if known is False:
-                # A task's first callback often beats its create reply to the worker: look
-                # once more, a moment later, before queueing a query for nothing.
-                await asyncio.sleep(EARLY_LOOK_AGAIN_SECONDS)
-                known = await self._look_up(chain_id, index, candidate, count=False)
         if known:
             pass  # the step recorded this task already: an early status asks nothing more
+        elif known is False:
+            # A task's first callback often beats its create reply to the worker: look once
+            # more a moment later, after answering (a provider may hold the task's next
+            # callback until this one is answered), before queueing a query for nothing.
+            later = BackgroundTask(self._look_again, refresh)
         elif not (fast and await self._count_and_enqueue(succeeded, REFRESH_STEP, refresh, known)):
             if known is None:
                 await self._count_callback(CallbackOutcome.ACCEPTED, succeeded)
@@ -381,7 +383,29 @@ class Web:
                 "event": "callback.received",
             },
         )
-        return JSONResponse({"ok": True})
+        return JSONResponse({"ok": True}, background=later)
+
+    async def _look_again(self, refresh: tuple[Any, ...]) -> None:
+        """``EARLY_LOOK_AGAIN_SECONDS`` after an early callback named a task its step had
+        not recorded: queue the query of it unless the step has recorded it meanwhile. Runs
+        after the reply; should the process stop first, the step's create reply, its next
+        callbacks and its schedule still name the task."""
+        chain_id, index, candidate = refresh[0], refresh[1], refresh[2]
+        try:
+            await asyncio.sleep(EARLY_LOOK_AGAIN_SECONDS)
+            if await self._look_up(chain_id, index, candidate, count=False):
+                return
+            if not await self._count_and_enqueue(None, REFRESH_STEP, refresh, False):
+                await self.enqueue(REFRESH_STEP, *refresh)
+        except (redis.RedisError, OperationalError) as exc:
+            log.warning(
+                "callback %s/%s: task %s not queued after a second look: %s",
+                chain_id,
+                index,
+                candidate,
+                exc,
+                extra={"chain_id": chain_id, "step": index, "task_id": candidate},
+            )
 
     # -- archiving any task of the account ---------------------------------------------------
     async def archive_callback(self, request: Request) -> Response:

@@ -47,6 +47,29 @@ def test_a_real_worker_runs_what_the_web_publishes(svc: Service) -> None:
     assert svc.stats()["callbacks_sent"] > 0
 
 
+def test_an_early_callback_is_answered_before_its_second_look(svc: Service) -> None:
+    # The live web process (uvicorn) and worker. Two early callbacks name tasks their steps
+    # (of chains this service does not hold) have not recorded. One step records its task
+    # right after the answer: the second look finds it and queues nothing. The other's
+    # second look queues its query, which the worker ignores as news of an unknown chain.
+    secret = svc.env["CALLBACK_SECRET"].encode()
+    keys = Keys(svc.prefix)
+    chains = {"recorded": f"early-{secrets.token_hex(4)}", "not": f"early-{secrets.token_hex(4)}"}
+    for which, chain_id in chains.items():
+        body = {"task_id": f"{chain_id}-t", "task_status": "submitted"}
+        path = f"/callbacks/{chain_id}/0/{tokens.sign(secret, chain_id, 0)}"
+        reply = svc.http.post(f"{svc.api}{path}", json=body, timeout=10)
+        assert reply.status_code == 200, reply.text
+        if which == "recorded":
+            svc.redis.set(keys.task_owner(f"{chain_id}-t"), step_name(chain_id, 0))
+    deadline = time.monotonic() + 20
+    while f"no chain '{chains['not']}' here" not in svc.stack.tail("worker", lines=100_000):
+        assert time.monotonic() < deadline, "the second look never queued the query"
+        time.sleep(0.1)
+    time.sleep(EARLY_LOOK_AGAIN_SECONDS + 0.5)
+    assert f"no chain '{chains['recorded']}' here" not in svc.stack.tail("worker", lines=100_000)
+
+
 def test_an_early_callback_queues_nothing_once_the_step_has_its_task(
     redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -106,7 +129,7 @@ def test_an_early_callback_queues_nothing_once_the_step_has_its_task(
         store.claim_task("t3", step_name("c1", 0))
         racing.join()
         assert len(queued()) == 3
-        assert took[-1] >= EARLY_LOOK_AGAIN_SECONDS  # it waited, and looked again
+        assert took[-1] >= EARLY_LOOK_AGAIN_SECONDS  # looked again (TestClient waits for it)
     finally:
         web.__exit__(None, None, None)
         for _ in range(client.llen(queue.queue) - before):
