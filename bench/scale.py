@@ -180,6 +180,9 @@ def run_baseline(root: Path, ref: str, count: int, *, timeout: float) -> dict[st
                 strays = [p for p, f in imported.items() if not Path(f).is_relative_to(code)]
                 if strays:
                     raise RuntimeError(f"{', '.join(strays)} not imported from {code}: {imported}")
+                baseline["imports"] = {  # where, inside the worktree (not this machine's path)
+                    p: str(Path(code.name) / Path(f).relative_to(code)) for p, f in imported.items()
+                }
                 baseline["run"] = measure(
                     root / f"baseline-n{count}", count, timeout=timeout, code=code
                 )
