@@ -74,8 +74,6 @@ from worker.tasknames import ARCHIVE_VIDEO, REFRESH_STEP, SUBMIT_STEP
 
 log = logging.getLogger(__name__)
 
-# What a callback may claim before the end: nothing is acted on, so nothing is queried.
-
 
 def _fields(chain_id: str, step: int, event: str, task_id: str | None = None) -> dict[str, Any]:
     """A log record's ``extra=``: the fields ``LOG_FORMAT=json`` lines carry (worker.logs)."""
