@@ -24,11 +24,14 @@ TIMING = Timing(poll_after=120, submit_lease=60)
 
 
 @pytest.fixture(params=["fakeredis", "redis"])
-def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+def client(request: pytest.FixtureRequest) -> redis.Redis:
     if request.param == "fakeredis":
-        client: redis.Redis = fakeredis.FakeRedis()
-    else:
-        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        return fakeredis.FakeRedis()
+    return redis.Redis.from_url(request.getfixturevalue("redis_url"))
+
+
+@pytest.fixture
+def store(client: redis.Redis) -> Iterator[Store]:
     prefix = f"test-store-{secrets.token_hex(4)}:"
     yield Store(client, prefix=prefix, timing=TIMING)
     keys = list(client.scan_iter(f"{prefix}*"))
@@ -144,15 +147,7 @@ def test_unknown_chain(store: Store) -> None:
         store.transition("nope", Claim(0, "w", 60))
 
 
-@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
-def test_optimistic_counts_every_increment_under_contention(
-    backend: str, request: pytest.FixtureRequest
-) -> None:
-    client: redis.Redis = (
-        fakeredis.FakeRedis()
-        if backend == "fakeredis"
-        else redis.Redis.from_url(request.getfixturevalue("redis_url"))
-    )
+def test_optimistic_counts_every_increment_under_contention(client: redis.Redis) -> None:
     key, other = f"test-opt-{secrets.token_hex(4)}", f"test-opt-{secrets.token_hex(4)}"
     client.set(other, b"7")
 
@@ -173,15 +168,7 @@ def test_optimistic_counts_every_increment_under_contention(
     client.delete(key, other, f"{key}:h")
 
 
-@pytest.mark.parametrize("backend", ["fakeredis", "redis"])
-def test_optimistic_decides_again_when_a_read_document_changed(
-    backend: str, request: pytest.FixtureRequest
-) -> None:
-    client: redis.Redis = (
-        fakeredis.FakeRedis()
-        if backend == "fakeredis"
-        else redis.Redis.from_url(request.getfixturevalue("redis_url"))
-    )
+def test_optimistic_decides_again_when_a_read_document_changed(client: redis.Redis) -> None:
     key, other = f"test-opt-{secrets.token_hex(4)}", f"test-opt-{secrets.token_hex(4)}"
     calls: list[tuple[bytes | None, bytes | None]] = []
 

@@ -178,13 +178,17 @@ def test_with_a_model_the_first_look_waits_for_the_shortest_tasks(rig: Rig) -> N
     assert countdown == pytest.approx(4.0 + 0.25 * 5.0)  # p5 + a quarter of the median
 
 
-def test_with_callbacks_arriving_the_plan_is_one_late_look(rig: Rig) -> None:
-    # The late look rides in the step and the chain's schedule (the sweep runs it): no task
-    # is queued for it.
+def callbacks_arriving_and_tasks_of_5_s(rig: Rig) -> None:
     CallbackSeen(rig.store.redis, rig.store.keys).saw(NOW - 1)
     learnt = TaskDurations(rig.store.redis, rig.store.keys)
     for _ in range(MIN_SAMPLES):
         learnt.add("video-extend", 5.0)
+
+
+def test_with_callbacks_arriving_the_plan_is_one_late_look(rig: Rig) -> None:
+    # The late look rides in the step and the chain's schedule (the sweep runs it): no task
+    # is queued for it.
+    callbacks_arriving_and_tasks_of_5_s(rig)
     cid = rig.start()
     assert rig.planned == []
     step = rig.store.get(cid).step(0)
@@ -194,10 +198,7 @@ def test_with_callbacks_arriving_the_plan_is_one_late_look(rig: Rig) -> None:
 
 
 def test_the_late_look_is_taken_by_the_sweep_and_then_the_ceiling_rules(rig: Rig) -> None:
-    CallbackSeen(rig.store.redis, rig.store.keys).saw(NOW - 1)
-    learnt = TaskDurations(rig.store.redis, rig.store.keys)
-    for _ in range(MIN_SAMPLES):
-        learnt.add("video-extend", 5.0)
+    callbacks_arriving_and_tasks_of_5_s(rig)
     cid = rig.start()
     rig.clock.now += 7.0  # past the look; the callback was lost
     CallbackSeen(rig.store.redis, rig.store.keys).saw(rig.clock.now - 1)
@@ -214,10 +215,7 @@ def test_the_late_look_is_taken_by_the_sweep_and_then_the_ceiling_rules(rig: Rig
 
 
 def test_a_step_that_ends_takes_its_late_look_off_the_schedule(rig: Rig) -> None:
-    CallbackSeen(rig.store.redis, rig.store.keys).saw(NOW - 1)
-    learnt = TaskDurations(rig.store.redis, rig.store.keys)
-    for _ in range(MIN_SAMPLES):
-        learnt.add("video-extend", 5.0)
+    callbacks_arriving_and_tasks_of_5_s(rig)
     cid = rig.start()
     rig.task_becomes(TaskStatus.SUCCEED, videos=(Video("v1", "https://cdn.example/v1.mp4", 10.0),))
     rig.runner.refresh(cid, 0)
