@@ -141,9 +141,17 @@ class Metrics:
     # -- counting ----------------------------------------------------------------------------
     def created(self, kind: str, outcome: CreateOutcome, *, chain_id: str, index: int) -> None:
         """A create request's outcome. An accepted one ends the step turnaround begun by the
-        callback that said the previous step succeeded, if one did."""
+        callback that said the previous step succeeded, if one did (``accepted``, with the
+        arrival taken at once instead of in the commit that records the task)."""
+        if outcome is CreateOutcome.ACCEPTED:
+            try:
+                writes = self.accepted(kind, chain_id=chain_id, index=index)(self._take)
+            except redis.RedisError as exc:
+                log.warning("metrics: a create (%s) not counted: %s", outcome, exc)
+                return
+            self._send(f"a create ({outcome})", writes)
+            return
         now = self.clock()
-        turnaround = outcome is CreateOutcome.ACCEPTED and index > 0
 
         def queue(pipe: Any) -> None:
             self._add(pipe, CREATES.name, (kind, outcome.value))
@@ -151,13 +159,8 @@ class Metrics:
                 minute = self.keys.refused_minute(int(now // 60))
                 pipe.incr(minute)
                 pipe.expire(minute, MINUTE_TTL)
-            if turnaround:
-                pipe.getdel(self.keys.callback_arrived(chain_id, index - 1))
 
-        done = self._send(f"a create ({outcome})", queue)
-        if turnaround and done is not None and done[-1] is not None:
-            arrived = float(done[-1])
-            self._send("a turnaround", lambda p: observe(p, self.keys, TURNAROUND, now - arrived))
+        self._send(f"a create ({outcome})", queue)
 
     def accepted(self, kind: str, *, chain_id: str, index: int) -> Also:
         """``created`` for an accepted create, as writes for the commit that records the
@@ -178,6 +181,11 @@ class Metrics:
             return writes
 
         return also
+
+    def _take(self, key: str) -> bytes | None:
+        """A value read and deleted at once (GETDEL)."""
+        value = self.redis.getdel(key)
+        return value.encode() if isinstance(value, str) else value
 
     def callback(
         self, outcome: CallbackOutcome, *, succeeded: tuple[str, int] | None = None
