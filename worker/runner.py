@@ -64,7 +64,7 @@ from worker.core.reconcile import (
 )
 from worker.core.schedule import Work
 from worker.settings import Settings
-from worker.state import Also
+from worker.state import Also, also_both
 from worker.state.budget import Budget
 from worker.state.chains import Store, UnknownChain
 from worker.state.metrics import Metrics
@@ -94,6 +94,10 @@ def describe(exc: KlingError) -> str:
 
 # Events after which a step may no longer hold a provider slot (``Runner._free_slot``).
 _MAY_END_A_HOLD = (TaskUpdate, SubmitRetry, SubmitFailed, NeedsAttention, Release)
+
+
+# What a provider was seen to do is read once per create; known answers are kept this long.
+CAPABILITIES_CACHE_SECONDS = 300.0
 
 
 class LookupFailed(Exception):
@@ -137,6 +141,7 @@ class Runner:
         self.archiver = archiver
         self.clock = clock
         self.metrics = Metrics(store.redis, store.keys, clock=clock)
+        self._known: dict[tuple[str, tuple[str, ...]], tuple[float, dict[str, Capability]]] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
     def dispatch(self, chain_id: str, actions: list[Action], *, owner: str | None = None) -> None:
@@ -191,10 +196,14 @@ class Runner:
         )
 
     def _record(self, chain_id: str, step: Step, task: Task, *, also: Also | None = None) -> None:
+        """Record the step's task: its owner (the step, unless bound already) is written in
+        the same commit as the step, so no crash leaves one without the other."""
         index = step.index
-        self.store.claim_task(task.task_id, step_name(chain_id, index))
+        owner = self.store.owns(task.task_id, step_name(chain_id, index))
         look_at = self._look_at(step.kind, self.clock())
-        out = self._apply(chain_id, Submitted(index, task, look_at=look_at), also=also)
+        out = self._apply(
+            chain_id, Submitted(index, task, look_at=look_at), also=also_both(owner, also)
+        )
         if task.status.terminal:  # a lookup found it finished already: that reply is a query
             out = self._apply(chain_id, TaskUpdate(index, task))
         self.dispatch(chain_id, out.actions)
@@ -402,11 +411,23 @@ class Runner:
         """
         provider = self.provider.base_url
         by_id, by_list = f"external_id:{kind}", f"list:{kind}"
-        known = self.store.capabilities(provider, by_id, by_list)
+        known = self._capabilities(provider, by_id, by_list)
         if self.settings.kling_external_task_id and known[by_id] is Capability.UNKNOWN:
             self._remember(provider, by_id, self._probe_external_id(kind, step, task))
         if known[by_list] is Capability.UNKNOWN:
             self._remember(provider, by_list, self._probe_list(kind, task))
+
+    def _capabilities(self, provider: str, *whats: str) -> dict[str, Capability]:
+        """``Store.capabilities``, kept in the process for ``CAPABILITIES_CACHE_SECONDS`` once
+        every one asked for is known: they change at most daily (``CAPABILITY_TTL``)."""
+        now = self.clock()
+        cached = self._known.get((provider, whats))
+        if cached is not None and now - cached[0] < CAPABILITIES_CACHE_SECONDS:
+            return cached[1]
+        found = self.store.capabilities(provider, *whats)
+        if Capability.UNKNOWN not in found.values():
+            self._known[(provider, whats)] = (now, found)
+        return found
 
     def _probe_external_id(self, kind: TaskKind, step: Step, task: Task) -> Capability:
         try:
@@ -431,6 +452,7 @@ class Runner:
         if verdict is Capability.UNKNOWN:
             return
         self.store.set_capability(provider, what, verdict)
+        self._known.clear()  # read again, with this one, at the next create
         if verdict is Capability.BROKEN:
             log.warning(
                 "provider %s: %s does not find tasks this service just created; a create whose "
@@ -527,26 +549,13 @@ class Runner:
             extra=_fields(chain_id, index, "step.status", task_id),
         )
         look_at = self._look_at(step.kind, step.submitted_at or step.news_at)
+        # A success's duration sample rides in this commit (Store.transition), for polling.
         out = self._apply(chain_id, TaskUpdate(index, task, look_at=look_at), also=counted[0])
-        after = out.chain.step(index)
-        if after.status is StepStatus.SUCCEED and step.status.active:
-            self._learn_duration(step, after, task)
-        self._plan_poll(chain_id, after)
+        self._plan_poll(chain_id, out.chain.step(index))
         self.dispatch(chain_id, out.actions, owner=owner)
         return None
 
     # -- adaptive polling (worker.core.polling) ------------------------------------------------
-    def _learn_duration(self, before: Step, after: Step, task: Task) -> None:
-        """Note how long the task took: the provider's own created -> updated times when it
-        gives them (unbiased by when we asked), else ours from accepted to learnt ended."""
-        seconds: float | None = None
-        if task.created_at_ms is not None and task.updated_at_ms is not None:
-            seconds = (task.updated_at_ms - task.created_at_ms) / 1000
-        if (seconds is None or seconds <= 0) and before.submitted_at and after.ended_at:
-            seconds = after.ended_at - before.submitted_at
-        if seconds is not None and seconds > 0:
-            self.durations.add(before.kind, seconds)
-
     def callbacks_healthy(self) -> bool:
         """Whether provider callbacks are arriving (``polling.callback_health``); says so in
         the log when that changes."""

@@ -145,6 +145,19 @@ def _default(age: float, callbacks_healthy: bool, curve: Curve) -> float:
     return _bounded(min(curve.max_gap, max(curve.min_gap, age * curve.gap_fraction)), curve)
 
 
+def took(
+    provider_seconds: float | None, submitted_at: float | None, ended_at: float | None
+) -> float | None:
+    """How long a succeeded task took, as a duration sample: the provider's own created ->
+    updated time when it gives one (unbiased by when we asked), else ours from accepted to
+    learnt ended. None when neither is known and positive."""
+    if provider_seconds is not None and provider_seconds > 0:
+        return provider_seconds
+    if submitted_at and ended_at and ended_at > submitted_at:
+        return ended_at - submitted_at
+    return None
+
+
 def rate_limit_backoff(
     attempt: int, durations: Durations | None, curve: Curve, *, rng: random.Random | None = None
 ) -> float:

@@ -35,6 +35,13 @@ Read = Callable[[str], bytes | None]  # read one more document, checked again at
 Also = Callable[[Read], Writes]  # more writes for a commit, decided with what they read
 
 
+def also_both(first: Also, then: Also | None) -> Also:
+    """Both ``Also``, in order, as one."""
+    if then is None:
+        return first
+    return lambda read: joined(first(read), then(read)) or (lambda pipe: None)
+
+
 def joined(first: Writes | None, then: Writes | None) -> Writes | None:
     """Both writes, in order, as one."""
     if first is None or then is None:

@@ -31,12 +31,15 @@ from worker.core.chain import (
     ChainStatus,
     Event,
     Outcome,
+    StepStatus,
     TaskUpdate,
     VideoSettled,
     apply,
     evolve,
     video_record,
 )
+from worker.core.metrics import task_seconds
+from worker.core.polling import took
 from worker.core.reconcile import Capability
 from worker.core.retention import Keep, Retention, expires, newly_succeeded
 from worker.core.schedule import Due, schedule
@@ -45,6 +48,7 @@ from worker.state import Also, Read, Writes, joined, optimistic, spend, text
 from worker.state import metrics as figures
 from worker.state.budget import release
 from worker.state.keys import Keys
+from worker.state.polling import queue_sample
 from worker.state.videos import write
 
 log = logging.getLogger(__name__)
@@ -64,6 +68,15 @@ return items
 
 
 KEEP_ALL = Retention()  # chains kept for ever, every archived file kept: the store's default
+
+
+def _duration_sample(old: Chain, new: Chain, event: TaskUpdate) -> float | None:
+    """How long the task that ``event`` ended took, when it succeeded (``polling.took``)."""
+    after = new.step(event.index)
+    if after.status is not StepStatus.SUCCEED:
+        return None
+    before = old.step(event.index)
+    return took(task_seconds(event.task), before.submitted_at, after.ended_at)
 
 
 class UnknownChain(KeyError):
@@ -307,6 +320,9 @@ class Store:
             figures.chain_moved(pipe, self.keys, old.status.value, chain.status.value)
             if isinstance(event, TaskUpdate) and any(s.index == event.index for s in ended):
                 figures.task_ended(pipe, self.keys, event.task)  # once: the step ends once
+                sample = _duration_sample(old, chain, event)
+                if sample is not None:  # what adaptive polling learns from (state.polling)
+                    queue_sample(pipe, self.keys, chain.step(event.index).kind, sample)
             release(pipe, self.keys, old, chain)  # what was reserved is spent, or not needed
 
         return writes, out
@@ -385,6 +401,12 @@ class Store:
         if self.redis.set(name, owner, nx=True, ex=TASK_OWNER_TTL):
             return owner
         return text(self.redis.get(name) or owner)
+
+    def owns(self, task_id: str, owner: str) -> Also:
+        """``claim_task`` as writes for the commit that records the task in its step: the
+        binding is set there unless the task is bound already."""
+        name = self.keys.task_owner(task_id)
+        return lambda _: lambda pipe: pipe.set(name, owner, nx=True, ex=TASK_OWNER_TTL)
 
     def task_owners(self, task_ids: Iterable[str]) -> dict[str, str]:
         """The steps that recorded these tasks, for the ones some step did."""

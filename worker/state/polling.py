@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import redis
 
@@ -23,6 +24,15 @@ DURATIONS_TTL = 30 * 24 * 3600
 SEEN_TTL = 30 * 24 * 3600
 SEEN_EVERY = 5.0  # seconds between two writes of the last callback, per process
 CACHE_SECONDS = 2.0
+
+
+def queue_sample(pipe: Any, keys: Keys, kind: str, seconds: float) -> None:
+    """Queue one duration sample of ``kind`` on any pipeline: the commit that ends a step
+    carries it (``Store.transition``), so learning costs no round trip of its own."""
+    key = keys.task_durations(kind)
+    pipe.lpush(key, f"{seconds:.3f}")
+    pipe.ltrim(key, 0, SAMPLE_SIZE - 1)
+    pipe.expire(key, DURATIONS_TTL)
 
 
 class TaskDurations:
@@ -43,11 +53,8 @@ class TaskDurations:
     def add(self, kind: str, seconds: float) -> None:
         if not seconds > 0:
             return
-        key = self.keys.task_durations(kind)
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, f"{seconds:.3f}")
-            pipe.ltrim(key, 0, SAMPLE_SIZE - 1)
-            pipe.expire(key, DURATIONS_TTL)
+            queue_sample(pipe, self.keys, kind, seconds)
             pipe.execute()
         self._cache.pop(kind, None)
 
