@@ -12,15 +12,22 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from http.client import IncompleteRead, RemoteDisconnected
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import urllib3
 import urllib3.exceptions
-from requests.adapters import BaseAdapter
 
 from kling.auth import BearerKey, JwtAuth
-from kling.client import USER_AGENT, KlingClient, classify_transport_error, reply_payload
+from kling.client import (
+    USER_AGENT,
+    KlingClient,
+    classify_transport_error,
+    pool_for,
+    reply_payload,
+)
 from kling.errors import (
     AccountError,
     AmbiguousCreate,
@@ -293,44 +300,59 @@ def test_find_by_external_id(server: LoopbackServer, client: KlingClient) -> Non
 def test_every_request_carries_the_timeout() -> None:
     seen: list[Any] = []
 
-    class Recorder(BaseAdapter):
-        def send(  # type: ignore[override]
-            self, request: requests.PreparedRequest, **kwargs: Any
-        ) -> requests.Response:
-            seen.append(kwargs["timeout"])
-            response = requests.Response()
-            response.status_code = 200
-            response._content = json.dumps({"code": 0, "data": SUBMITTED}).encode()
-            response.request = request
-            return response
+    class Recorder(urllib3.PoolManager):
+        def urlopen(  # type: ignore[override]
+            self, method: str, url: str, redirect: bool = True, **kw: Any
+        ) -> urllib3.HTTPResponse:
+            seen.append((kw["timeout"].connect_timeout, kw["timeout"].read_timeout, redirect))
+            body = json.dumps({"code": 0, "data": SUBMITTED}).encode()
+            return urllib3.HTTPResponse(body=body, status=200, preload_content=True)
 
-        def close(self) -> None:
-            pass
-
-    session = requests.Session()
-    session.mount("https://", Recorder())
-    kling = KlingClient("https://gw.example", BearerKey("k"), timeout=(3, 7), session=session)
+    kling = KlingClient("https://gw.example", BearerKey("k"), timeout=(3, 7), http=Recorder())
 
     kling.create(TaskKind.VIDEO_EXTEND, ExtendRequest(video_id="v"))
     kling.get(TaskKind.VIDEO_EXTEND, "task-2")
     kling.find_by_external_id(TaskKind.VIDEO_EXTEND, "x")
 
-    assert seen == [(3.0, 7.0)] * 3
-    session.close()
+    assert seen == [(3.0, 7.0, False)] * 3
 
 
-def test_close_leaves_a_borrowed_session_open() -> None:
-    class Session(requests.Session):
-        closed = 0
+def test_close_leaves_a_borrowed_pool_open() -> None:
+    class Pool(urllib3.PoolManager):
+        cleared = 0
 
-        def close(self) -> None:
-            self.closed += 1
-            super().close()
+        def clear(self) -> None:
+            self.cleared += 1
+            super().clear()
 
-    borrowed = Session()
-    KlingClient("https://gw.example", BearerKey("k"), session=borrowed).close()
-    assert borrowed.closed == 0
-    borrowed.close()
+    borrowed, owned = Pool(), KlingClient("https://gw.example", BearerKey("k"))
+    KlingClient("https://gw.example", BearerKey("k"), http=borrowed).close()
+    assert borrowed.cleared == 0
+    owned.close()
+
+
+def test_the_pool_takes_proxy_and_ca_bundle_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "ca.pem"
+    bundle.write_text("")
+    for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(bundle))
+    pool = pool_for("https://gw.example")
+    assert isinstance(pool, urllib3.ProxyManager)
+    assert pool.proxy is not None
+    assert pool.proxy.host == "proxy.example"
+    assert pool.connection_pool_kw["ca_certs"] == str(bundle)
+    # NO_PROXY names the host: straight there, with the default bundle when none is set
+    monkeypatch.setenv("NO_PROXY", "gw.example")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    direct = pool_for("https://gw.example")
+    assert not isinstance(direct, urllib3.ProxyManager)
+    assert direct.connection_pool_kw["cert_reqs"] == "CERT_REQUIRED"
+    assert Path(direct.connection_pool_kw["ca_certs"]).is_file()
 
 
 @pytest.mark.parametrize(
@@ -745,6 +767,20 @@ def ssl_mid_stream() -> Exception:
         (lambda: OSError("?"), AmbiguousCreate, RetryableError),
         (lambda: requests.exceptions.InvalidURL("bad"), PermanentError, PermanentError),
         (lambda: requests.exceptions.MissingSchema("bad"), PermanentError, PermanentError),
+        # What urllib3, which the client sends with, raises itself (retries=False)
+        (lambda: refused().args[0].reason, RetryableError, RetryableError),
+        (lambda: urllib3.exceptions.ConnectTimeoutError(None, "x"), RetryableError, RetryableError),
+        (
+            lambda: urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"),
+            AmbiguousCreate,
+            RetryableError,
+        ),
+        (lambda: aborted().args[0], AmbiguousCreate, RetryableError),
+        (lambda: reset().args[0], AmbiguousCreate, RetryableError),
+        (lambda: incomplete_body().args[0], AmbiguousCreate, RetryableError),
+        (lambda: urllib3.exceptions.DecodeError("bad gzip"), AmbiguousCreate, RetryableError),
+        (lambda: urllib3.exceptions.SSLError("bad record mac"), AmbiguousCreate, RetryableError),
+        (lambda: urllib3.exceptions.LocationParseError("x"), PermanentError, PermanentError),
     ],
 )
 def test_classify_transport_error(
