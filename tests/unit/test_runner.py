@@ -23,7 +23,7 @@ from kling.errors import (
 )
 from kling.models import ExtendRequest, Task, TaskKind, TaskStatus, Text2VideoRequest, Video
 from worker.archiver import Archiver
-from worker.core.chain import Claim, Spec, StepStatus, new_chain
+from worker.core.chain import Claim, Event, Outcome, Spec, StepStatus, Submitted, new_chain
 from worker.core.retry import POLICIES, Kind
 from worker.core.videos import VideoRecord, archived
 from worker.outbound.download import Downloaded
@@ -159,6 +159,30 @@ def test_a_submit_runs_once_however_often_it_is_delivered(rig: Rig) -> None:
         rig.runner.submit(cid, 0, owner=owner)
     assert len(rig.provider.creates) == 1
     assert rig.store.get(cid).step(0).status is StepStatus.SUBMITTED
+
+
+def test_a_created_task_and_its_owner_are_recorded_in_one_commit(rig: Rig) -> None:
+    cid = rig.chain()
+    transition = rig.store.transition
+
+    def crash_at_the_record(chain_id: str, event: Event, **kwargs: Any) -> Outcome:
+        if isinstance(event, Submitted):
+            raise ConnectionError("the worker died before the commit")
+        return transition(chain_id, event, **kwargs)
+
+    # When the worker dies between the create's reply and recording it
+    rig.store.transition = crash_at_the_record  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        rig.runner.submit(cid, 0, owner="a")
+    # Then neither the step nor the owner binding has the task (a lookup finds it later)
+    assert rig.store.task_owners(["t0"]) == {}
+    assert rig.store.get(cid).step(0).task_id is None
+    # And once recorded, both have it
+    rig.store.transition = transition  # type: ignore[method-assign]
+    rig.runner.submit(cid, 0, owner="a", attempt=1)
+    assert rig.store.get(cid).step(0).task_id == "t0"
+    assert rig.store.task_owners(["t0"]) == {"t0": f"{cid}:0"}
+    assert len(rig.provider.creates) == 1
 
 
 def test_lost_reply_is_looked_up_not_resent(rig: Rig) -> None:
