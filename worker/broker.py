@@ -1,4 +1,5 @@
-"""The Redis transport Celery uses here: kombu's own, with one client per channel.
+"""The Redis transport Celery uses here: kombu's own, with one client per channel and its
+unacked bookkeeping in one script call each.
 
 kombu's Redis channel builds a new ``redis.Redis`` for each thing it does outside its event
 loop (``Channel._create_client``): every message a worker takes records it as unacked, every
@@ -7,19 +8,83 @@ redis-py's table of reply callbacks, about 0.15 ms of CPU here, three or more ti
 task: a tenth of the worker's CPU per step. A ``redis.Redis`` is only a thread-safe handle on
 a connection pool, so the channel keeps one per pool and hands out that.
 
+Every message a worker takes is recorded as unacked (a ZADD to the index and an HSET of the
+message) and every ack removes it again (ZREM, HDEL). kombu sends each pair as a MULTI/EXEC
+pipeline, the costliest way redis-py has to send two commands; ``QoS`` sends each pair as one
+script (EVALSHA), as atomic, with the same keys and values, so kombu's own restore of unacked
+messages (``restore_visible``, ``restore_by_tag``) reads them as before.
+
 Selected by Celery's documented ``broker_transport`` setting (``worker.celery``). Should kombu
-stop calling ``_create_client``, this override is just unused; ``tests/unit/test_broker.py``
-says so.
+stop calling ``_create_client``, or change how it records an unacked message, the tests in
+``tests/integration/test_broker.py`` fail.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from kombu.transport import redis as redis_transport
+from kombu.transport import virtual
+from kombu.utils.json import dumps
+
+# KEYS: the unacked index (a sorted set), the unacked messages (a hash).
+_APPEND = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+"""
+_REMOVE = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+
+
+class QoS(redis_transport.QoS):
+    """kombu's ack emulation, each change of the unacked records in one script call."""
+
+    _scripts: tuple[Any, Any, Any] | None = None  # (client, append, remove)
+
+    def _script(self, client: Any, which: int) -> Any:
+        scripts = self._scripts
+        if scripts is None or scripts[0] is not client:
+            scripts = self._scripts = (
+                client,
+                client.register_script(_APPEND),
+                client.register_script(_REMOVE),
+            )
+        return scripts[which]
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        delivery = message.delivery_info
+        raw = [message._raw, delivery["exchange"], delivery["routing_key"]]
+        record = dumps(raw)  # type: ignore[no-untyped-call]
+        with self.channel.conn_or_acquire() as client:
+            self._script(client, 1)(
+                keys=[self.unacked_index_key, self.unacked_key],
+                args=[time.time(), delivery_tag, record],
+            )
+        virtual.QoS.append(self, message, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def ack(self, delivery_tag: Any) -> None:
+        self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def reject(self, delivery_tag: Any, requeue: bool = False) -> None:
+        if requeue:
+            self.restore_by_tag(delivery_tag, leftmost=True)  # type: ignore[no-untyped-call]
+        else:
+            self._forget(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def _forget(self, delivery_tag: Any) -> None:
+        with self.channel.conn_or_acquire() as client:
+            self._script(client, 2)(
+                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag]
+            )
 
 
 class Channel(redis_transport.Channel):
+    QoS = QoS
     _one_client: Any = None
 
     def _create_client(self, asynchronous: bool = False) -> Any:

@@ -57,3 +57,56 @@ def test_publish_take_and_ack_share_one_client(
         made_sync = [c for c in made if not isinstance(c, redis.asyncio.Redis)]
         assert len(made_sync) <= 3, f"{len(made_sync)} clients for {sync_asks} asks"
         queue(channel).delete()
+
+
+def test_unacked_records_are_kombus_own(redis_url: str) -> None:
+    """What QoS writes for a taken message is what kombu's own restore reads back: a message
+    taken and never acked goes back to its queue, whole; an acked one leaves nothing."""
+    name = f"test-broker-{secrets.token_hex(4)}"
+    queue = Queue(name, Exchange(name), routing_key=name)
+    with Connection(redis_url, transport=broker.Transport) as conn:
+        channel = conn.default_channel
+        assert isinstance(channel.qos, broker.QoS)
+        producer = conn.Producer(channel)
+        for n in range(2):
+            producer.publish({"n": n}, exchange=queue.exchange, routing_key=name, declare=[queue])
+        acked, kept = queue(channel).get(no_ack=False), queue(channel).get(no_ack=False)
+        assert acked is not None
+        assert kept is not None
+        client = channel.client
+        tags = {acked.delivery_tag, kept.delivery_tag}
+        assert {t.decode() for t in client.hkeys(channel.unacked_key)} >= tags
+        assert {t.decode() for t, _ in client.zscan_iter(channel.unacked_index_key)} >= tags
+        acked.ack()
+        assert not client.hexists(channel.unacked_key, acked.delivery_tag)
+        assert client.zscore(channel.unacked_index_key, acked.delivery_tag) is None
+        # kombu's own restore (as after a worker died) puts the unacked one back, intact
+        channel.qos.restore_by_tag(kept.delivery_tag)
+        assert not client.hexists(channel.unacked_key, kept.delivery_tag)
+        again = queue(channel).get(no_ack=True)
+        assert again is not None
+        assert again.payload == kept.payload
+        assert queue(channel).get(no_ack=True) is None
+        queue(channel).delete()
+
+
+def test_a_rejected_message_is_requeued_or_forgotten(redis_url: str) -> None:
+    name = f"test-broker-{secrets.token_hex(4)}"
+    queue = Queue(name, Exchange(name), routing_key=name)
+    with Connection(redis_url, transport=broker.Transport) as conn:
+        channel = conn.default_channel
+        conn.Producer(channel).publish(
+            {"n": 1}, exchange=queue.exchange, routing_key=name, declare=[queue]
+        )
+        first = queue(channel).get(no_ack=False)
+        assert first is not None
+        first.reject(requeue=True)
+        second = queue(channel).get(no_ack=False)
+        assert second is not None
+        assert second.payload == {"n": 1}
+        second.reject(requeue=False)
+        client = channel.client
+        assert not client.hexists(channel.unacked_key, second.delivery_tag)
+        assert client.zscore(channel.unacked_index_key, second.delivery_tag) is None
+        assert queue(channel).get(no_ack=True) is None
+        queue(channel).delete()
