@@ -13,7 +13,16 @@ import pytest
 import redis
 
 from kling.models import Task, TaskStatus, Video
-from worker.core.chain import Claim, Spec, SubmitStep, Submitted, TaskUpdate, Verdict, new_chain
+from worker.core.chain import (
+    Claim,
+    Release,
+    Spec,
+    SubmitStep,
+    Submitted,
+    TaskUpdate,
+    Verdict,
+    new_chain,
+)
 from worker.core.videos import archived
 from worker.state import optimistic
 from worker.state.chains import Settled, Store, Timing, UnknownChain
@@ -183,3 +192,66 @@ def test_optimistic_decides_again_when_a_read_document_changed(client: redis.Red
     assert calls == [(None, None), (None, b"changed")]
     assert client.get(key) == b"written from changed"
     client.delete(key, other)
+
+
+def test_a_stale_hint_is_never_committed_on(client: redis.Redis) -> None:
+    key = f"test-opt-{secrets.token_hex(4)}"
+    client.set(key, b"2")
+    calls: list[bytes | None] = []
+
+    def double(raw: bytes | None, read: Any) -> tuple[Any, int]:
+        calls.append(raw)
+        n = int(raw or 0) * 2
+        return (lambda pipe: pipe.set(key, n)), n
+
+    # A hint that is right saves the read; one that is wrong is found out at the commit
+    assert optimistic(client, key, double, hint=b"2") == 4
+    assert optimistic(client, key, double, hint=b"2") == 8
+    assert calls == [b"2", b"2", b"4"]
+    assert client.get(key) == b"8"
+    client.delete(key)
+
+
+def test_a_decision_to_write_nothing_on_a_hint_is_made_again_on_a_real_read(
+    client: redis.Redis,
+) -> None:
+    key = f"test-opt-{secrets.token_hex(4)}"
+    client.set(key, b"due")
+    calls: list[bytes | None] = []
+
+    def claim(raw: bytes | None, read: Any) -> tuple[Any, str]:
+        calls.append(raw)
+        if raw != b"due":
+            return None, "skip"  # nothing to write: no commit would check what was read
+        return (lambda pipe: pipe.set(key, b"claimed")), "claimed"
+
+    assert optimistic(client, key, claim, hint=b"not due yet") == "claimed"
+    assert calls == [b"not due yet", b"due"]
+    assert client.get(key) == b"claimed"
+    client.delete(key)
+
+
+def test_a_transition_after_a_read_takes_that_read_as_its_first(store: Store) -> None:
+    chain = new_chain("c", Spec(video_id="v", steps=2), 1.0)
+    store.create(chain)
+    store.get("c")
+    reads: list[str] = []
+    real_get = store.redis.get
+
+    def counted_get(name: Any) -> Any:
+        reads.append(str(name))
+        return real_get(name)
+
+    store.redis.get = counted_get  # type: ignore[method-assign]
+    store.transition("c", Claim(0, "w1", 60))  # on the document get() read
+    store.transition("c", Release(0, "w1"))  # on the one the claim wrote
+    store.redis.get = real_get  # type: ignore[method-assign]
+    assert [r for r in reads if r.endswith(":chain:c")] == []
+    assert store.get("c").step(0).owner is None
+    # Another writer in between: the transition finds out and decides on what is there
+    store.get("c")
+    other = Store(store.redis, prefix=store.keys.prefix, timing=TIMING)
+    other.transition("c", Claim(0, "w2", 60))
+    out = store.transition("c", Claim(0, "w1", 60))
+    assert out.verdict is Verdict.SKIP  # w2 holds it
+    assert store.get("c").step(0).owner == "w2"

@@ -83,6 +83,8 @@ def optimistic(
     client: redis.Redis,
     key: str,
     decide: Callable[[bytes | None, Read], tuple[Writes | None, T]],
+    *,
+    hint: bytes | None = None,
 ) -> T:
     """Read ``key``, let ``decide`` look at its value, and commit its writes unless ``key``
     (or another document it read) changed meanwhile.
@@ -94,15 +96,25 @@ def optimistic(
     is never sent: its commands go to Redis inside one script (``_COMMIT``), which checks
     the documents and applies them atomically, in one round trip where WATCH, GET and
     MULTI/EXEC took three.
+
+    ``hint``: what the caller believes ``key`` holds (it just read or wrote it), taken as
+    the first read instead of a GET. The commit checks it like any read: a wrong one costs a
+    failed commit and a decision again on what is really there. A decision to write nothing
+    has no commit to check it, so it is made again on a real read before it is returned.
     """
     commit = _commits.get(client)
     if commit is None:
         commit = _commits[client] = client.register_script(_COMMIT)
     while True:
         seen: dict[str, bytes | None] = {}
+        hinted = hint is not None
+        if hint is not None:
+            seen[key], hint = hint, None  # the first round only
         read = _reader(client, seen)
         writes, result = decide(read(key), read)
         if writes is None:
+            if hinted:
+                continue  # nothing to commit checks the hint: decide again on a real read
             return result
         pipe = client.pipeline(transaction=False)
         writes(pipe)

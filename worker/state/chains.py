@@ -130,6 +130,7 @@ class Store:
         self.retention = retention
         self.clock = clock
         self._take_due = client.register_script(_TAKE_DUE)
+        self._last: tuple[str, bytes] | None = None  # (chain id, its document): _remember
 
     def _key(self, chain_id: str) -> str:
         return self.keys.chain(chain_id)
@@ -176,7 +177,17 @@ class Store:
         raw = self.redis.get(self._key(chain_id))
         if raw is None:
             raise UnknownChain(chain_id)
+        self._remember(chain_id, raw)
         return Chain.from_json(raw)
+
+    def _remember(self, chain_id: str, raw: bytes | str) -> None:
+        """The chain document last read or written here, the next transition's first read
+        (``optimistic``'s hint): a task reads its chain, then changes it, often twice."""
+        self._last = (chain_id, raw.encode() if isinstance(raw, str) else raw)
+
+    def _recall(self, chain_id: str) -> bytes | None:
+        last, self._last = self._last, None
+        return last[1] if last is not None and last[0] == chain_id else None
 
     def recent(self, *, limit: int, before: float | None = None) -> list[Chain]:
         top = f"({before}" if before is not None else "+inf"
@@ -236,13 +247,18 @@ class Store:
         writes that ride in the same commit (figures of the work that led to the event),
         committed even when the event changes nothing."""
 
+        now: list[bytes] = []
+
         def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Outcome]:
             if raw is None:
                 raise UnknownChain(chain_id)
-            writes, out = self._evolve(raw, event, read)
+            writes, out, doc = self._evolve(raw, event, read)
+            now[:] = [doc or raw]
             return joined(writes, also(read) if also is not None else None), out
 
-        return optimistic(self.redis, self._key(chain_id), decide)
+        out = optimistic(self.redis, self._key(chain_id), decide, hint=self._recall(chain_id))
+        self._remember(chain_id, now[0])
+        return out
 
     def settle(
         self,
@@ -268,7 +284,7 @@ class Store:
             if new.chain_id is not None and new.settled:
                 chain = read(self._key(new.chain_id))
                 if chain is not None:
-                    told, out = self._evolve(chain, VideoSettled.of(new), read)
+                    told, out, _ = self._evolve(chain, VideoSettled.of(new), read)
 
             def writes(pipe: Any) -> None:
                 write(pipe, self.keys, old, new)
@@ -279,8 +295,11 @@ class Store:
 
         return optimistic(self.redis, self.keys.video(video_id), decide)
 
-    def _evolve(self, raw: bytes, event: Event, read: Read) -> tuple[Writes | None, Outcome]:
-        """``event`` on the chain document ``raw``: the writes that commit it, and the outcome.
+    def _evolve(
+        self, raw: bytes, event: Event, read: Read
+    ) -> tuple[Writes | None, Outcome, bytes | None]:
+        """``event`` on the chain document ``raw``: the writes that commit it, the outcome, and
+        the document the writes store (None: no change).
 
         Each video the outcome asks to archive gets its pending record in the same writes, so
         the archive's deadline sweep holds it from the moment the chain does.
@@ -289,7 +308,7 @@ class Store:
         now = self.clock()
         out = evolve(Chain.from_json(raw), event, now, before=old)
         if out.chain == old:
-            return None, out
+            return None, out, None
         records: list[tuple[VideoRecord | None, VideoRecord]] = []
         for action in out.actions:
             if isinstance(action, ArchiveVideo):
@@ -304,9 +323,10 @@ class Store:
         chain = out.chain
         before, after = self._schedule(old), self._schedule(chain)
         ended = spend.newly_settled(old, chain)
+        doc = chain.to_json().encode()
 
         def writes(pipe: Any) -> None:
-            self._put(pipe, old, chain, now)
+            self._put(pipe, old, chain, now, doc)
             gone = [m for m in before if m not in after]
             if gone:
                 pipe.zrem(self._due, *gone)
@@ -325,9 +345,9 @@ class Store:
                     queue_sample(pipe, self.keys, chain.step(event.index).kind, sample)
             release(pipe, self.keys, old, chain)  # what was reserved is spent, or not needed
 
-        return writes, out
+        return writes, out, doc
 
-    def _put(self, pipe: Any, old: Chain, chain: Chain, now: float) -> None:
+    def _put(self, pipe: Any, old: Chain, chain: Chain, now: float, doc: bytes) -> None:
         """Queue the write of the chain document, with its expiry (``CHAIN_RETENTION_DAYS``)
         once it is finished and owes nothing.
 
@@ -338,10 +358,10 @@ class Store:
         """
         key, ttl = self._key(chain.id), self.retention.chain_ms
         if ttl is not None and expires(chain):
-            pipe.set(key, chain.to_json(), px=ttl)
+            pipe.set(key, doc, px=ttl)
             pipe.zadd(self.keys.chains_expiring, {chain.id: now + ttl / 1000})
         else:
-            pipe.set(key, chain.to_json())  # no TTL: a running (or resumed) chain stays
+            pipe.set(key, doc)  # no TTL: a running (or resumed) chain stays
             if ttl is not None and expires(old):
                 pipe.zrem(self.keys.chains_expiring, chain.id)
         if self.retention.keep is Keep.FINAL and newly_succeeded(old, chain):
