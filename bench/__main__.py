@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -65,8 +66,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _exit_on(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGHUP as an exit, so each benchmark's ``finally`` stops the processes it
+    started (they are in process groups of their own and would run on, loading the machine
+    and the benchmark database)."""
+    sys.exit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on)
     names = args.only or list(BENCHES)
     mode = "quick" if args.quick else "full"
     root = Path(tempfile.mkdtemp(prefix="kc-bench-"))
