@@ -90,6 +90,9 @@ def _again(task: Any, delay: float | None) -> None:
 
 
 def _run(task: Any, work: Callable[[], float | None]) -> None:
+    # What an earlier task read or wrote of a chain is no hint for this one: other
+    # processes have likely changed it since (Store._remember).
+    state().chains.forget()
     try:
         delay = work()
     except UnknownChain as exc:

@@ -255,3 +255,21 @@ def test_a_transition_after_a_read_takes_that_read_as_its_first(store: Store) ->
     out = store.transition("c", Claim(0, "w1", 60))
     assert out.verdict is Verdict.SKIP  # w2 holds it
     assert store.get("c").step(0).owner == "w2"
+
+
+def test_an_error_deciding_on_a_hint_is_decided_again_on_a_real_read(client: redis.Redis) -> None:
+    key = f"test-opt-{secrets.token_hex(4)}"
+    client.set(key, b"3 steps")
+    calls: list[bytes | None] = []
+
+    def submit_third(raw: bytes | None, read: Any) -> tuple[Any, str]:
+        calls.append(raw)
+        if raw != b"3 steps":
+            raise KeyError("no step 3")  # what the stale document lacks
+        return (lambda pipe: pipe.set(key, b"submitted")), "submitted"
+
+    assert optimistic(client, key, submit_third, hint=b"2 steps") == "submitted"
+    assert calls == [b"2 steps", b"3 steps"]
+    with pytest.raises(KeyError):  # on a real read, the error stands
+        optimistic(client, key, submit_third)
+    client.delete(key)

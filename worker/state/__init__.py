@@ -100,7 +100,8 @@ def optimistic(
     ``hint``: what the caller believes ``key`` holds (it just read or wrote it), taken as
     the first read instead of a GET. The commit checks it like any read: a wrong one costs a
     failed commit and a decision again on what is really there. A decision to write nothing
-    has no commit to check it, so it is made again on a real read before it is returned.
+    has no commit to check it, and an error may come from the hint itself: either is made
+    again on a real read before it is returned or raised.
     """
     commit = _commits.get(client)
     if commit is None:
@@ -111,7 +112,12 @@ def optimistic(
         if hint is not None:
             seen[key], hint = hint, None  # the first round only
         read = _reader(client, seen)
-        writes, result = decide(read(key), read)
+        try:
+            writes, result = decide(read(key), read)
+        except Exception:
+            if hinted:
+                continue  # it may be the hint that is wrong: decide again on a real read
+            raise
         if writes is None:
             if hinted:
                 continue  # nothing to commit checks the hint: decide again on a real read

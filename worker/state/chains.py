@@ -185,6 +185,10 @@ class Store:
         (``optimistic``'s hint): a task reads its chain, then changes it, often twice."""
         self._last = (chain_id, raw.encode() if isinstance(raw, str) else raw)
 
+    def forget(self) -> None:
+        """Drop the remembered document: a new piece of work (a task) starts."""
+        self._last = None
+
     def _recall(self, chain_id: str) -> bytes | None:
         last, self._last = self._last, None
         return last[1] if last is not None and last[0] == chain_id else None
