@@ -251,17 +251,17 @@ class Store:
         writes that ride in the same commit (figures of the work that led to the event),
         committed even when the event changes nothing."""
 
-        now: list[bytes] = []
+        stored: list[bytes] = []  # the document after the decision that was committed
 
         def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Outcome]:
             if raw is None:
                 raise UnknownChain(chain_id)
             writes, out, doc = self._evolve(raw, event, read)
-            now[:] = [doc or raw]
+            stored[:] = [doc or raw]
             return joined(writes, also(read) if also is not None else None), out
 
         out = optimistic(self.redis, self._key(chain_id), decide, hint=self._recall(chain_id))
-        self._remember(chain_id, now[0])
+        self._remember(chain_id, stored[0])
         return out
 
     def settle(
