@@ -42,24 +42,25 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 class QoS(redis_transport.QoS):
     """kombu's ack emulation, each change of the unacked records in one script call."""
 
-    _scripts: tuple[Any, Any, Any] | None = None  # (client, append, remove)
+    _client: Any = None  # the client the scripts below are registered with
+    _append: Any = None
+    _remove: Any = None
 
-    def _script(self, client: Any, which: int) -> Any:
-        scripts = self._scripts
-        if scripts is None or scripts[0] is not client:
-            scripts = self._scripts = (
-                client,
-                client.register_script(_APPEND),
-                client.register_script(_REMOVE),
-            )
-        return scripts[which]
+    def _scripts(self, client: Any) -> tuple[Any, Any]:
+        """(append, remove), registered with ``client``."""
+        if client is not self._client:
+            self._client = client
+            self._append = client.register_script(_APPEND)
+            self._remove = client.register_script(_REMOVE)
+        return self._append, self._remove
 
     def append(self, message: Any, delivery_tag: Any) -> None:
         delivery = message.delivery_info
         raw = [message._raw, delivery["exchange"], delivery["routing_key"]]
         record = dumps(raw)  # type: ignore[no-untyped-call]
         with self.channel.conn_or_acquire() as client:
-            self._script(client, 1)(
+            append, _ = self._scripts(client)
+            append(
                 keys=[self.unacked_index_key, self.unacked_key],
                 args=[time.time(), delivery_tag, record],
             )
@@ -78,9 +79,8 @@ class QoS(redis_transport.QoS):
 
     def _forget(self, delivery_tag: Any) -> None:
         with self.channel.conn_or_acquire() as client:
-            self._script(client, 2)(
-                keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag]
-            )
+            _, remove = self._scripts(client)
+            remove(keys=[self.unacked_index_key, self.unacked_key], args=[delivery_tag])
 
 
 class Channel(redis_transport.Channel):

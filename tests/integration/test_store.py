@@ -212,25 +212,6 @@ def test_a_stale_hint_is_never_committed_on(client: redis.Redis) -> None:
     client.delete(key)
 
 
-def test_a_decision_to_write_nothing_on_a_hint_is_made_again_on_a_real_read(
-    client: redis.Redis,
-) -> None:
-    key = f"test-opt-{secrets.token_hex(4)}"
-    client.set(key, b"due")
-    calls: list[bytes | None] = []
-
-    def claim(raw: bytes | None, read: Any) -> tuple[Any, str]:
-        calls.append(raw)
-        if raw != b"due":
-            return None, "skip"  # nothing to write: no commit would check what was read
-        return (lambda pipe: pipe.set(key, b"claimed")), "claimed"
-
-    assert optimistic(client, key, claim, hint=b"not due yet") == "claimed"
-    assert calls == [b"not due yet", b"due"]
-    assert client.get(key) == b"claimed"
-    client.delete(key)
-
-
 def test_a_transition_after_a_read_takes_that_read_as_its_first(store: Store) -> None:
     chain = new_chain("c", Spec(video_id="v", steps=2), 1.0)
     store.create(chain)
@@ -257,19 +238,28 @@ def test_a_transition_after_a_read_takes_that_read_as_its_first(store: Store) ->
     assert store.get("c").step(0).owner == "w2"
 
 
-def test_an_error_deciding_on_a_hint_is_decided_again_on_a_real_read(client: redis.Redis) -> None:
+@pytest.mark.parametrize("on_a_wrong_hint", ["writes nothing", "raises"])
+def test_what_no_commit_checks_is_decided_again_on_a_real_read(
+    client: redis.Redis, on_a_wrong_hint: str
+) -> None:
+    """A decision to write nothing, or an error, has no commit to check the hint it was made
+    on: it is made again on what is really there."""
     key = f"test-opt-{secrets.token_hex(4)}"
-    client.set(key, b"3 steps")
+    client.set(key, b"due")
     calls: list[bytes | None] = []
 
-    def submit_third(raw: bytes | None, read: Any) -> tuple[Any, str]:
+    def claim(raw: bytes | None, read: Any) -> tuple[Any, str]:
         calls.append(raw)
-        if raw != b"3 steps":
-            raise KeyError("no step 3")  # what the stale document lacks
-        return (lambda pipe: pipe.set(key, b"submitted")), "submitted"
+        if raw != b"due":
+            if on_a_wrong_hint == "raises":
+                raise KeyError("no such step")  # what the stale document lacks
+            return None, "skip"
+        return (lambda pipe: pipe.set(key, b"claimed")), "claimed"
 
-    assert optimistic(client, key, submit_third, hint=b"2 steps") == "submitted"
-    assert calls == [b"2 steps", b"3 steps"]
-    with pytest.raises(KeyError):  # on a real read, the error stands
-        optimistic(client, key, submit_third)
+    assert optimistic(client, key, claim, hint=b"not due yet") == "claimed"
+    assert calls == [b"not due yet", b"due"]
+    assert client.get(key) == b"claimed"
+    if on_a_wrong_hint == "raises":
+        with pytest.raises(KeyError):  # on a real read, the error stands
+            optimistic(client, key, claim)
     client.delete(key)
