@@ -20,6 +20,8 @@ from worker.core.chain import Chain, ChainStatus
 
 FINISHED = frozenset({ChainStatus.SUCCEEDED.value, ChainStatus.FAILED.value})
 CREATE_THREADS = 8
+FALLBACK_SECONDS = 5.0  # the read regardless of the schedule: at least this often...
+FALLBACK_SHARE = 0.01  # ...unless that would spend more than this share of the time on it
 
 
 @dataclass(frozen=True)
@@ -86,14 +88,18 @@ def wait_finished(
     due, pending = f"{service.prefix}due", f"{service.prefix}videos:deadline"
     deadline = started + timeout
     last_full = -1.0
+    every = FALLBACK_SECONDS
     while True:
         now = time.monotonic()
         idle = service.redis.zcard(due) == 0 and service.redis.zcard(pending) == 0
         # Read every chain back when the owed work looks done (at most twice a second) and,
-        # in case the schedule's key ever changes, every 5 s regardless.
-        if (idle and now - last_full >= 0.5) or now - max(last_full, started) >= 5.0:
+        # in case the schedule's key ever changes, every so often regardless.
+        if (idle and now - last_full >= 0.5) or now - max(last_full, started) >= every:
             counts = statuses(service, chain_ids)
             last_full = time.monotonic()
+            # The read shares the cores with the service it measures, and costs in proportion
+            # to the chains: it must not grow into a load that slows the large runs alone.
+            every = max(FALLBACK_SECONDS, (last_full - now) / FALLBACK_SHARE)
             if sum(n for s, n in counts.items() if s in FINISHED) == len(chain_ids):
                 return (now if idle else last_full) - started, counts
         if now > deadline:
