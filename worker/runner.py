@@ -727,12 +727,24 @@ class Runner:
             return 0  # another beat already swept in this interval
         hold = min(s.poll_after_seconds, s.submit_lease_seconds)
         items = self.store.take_due(now=self.clock(), hold=hold)
+        # A step a callback said succeeded a moment ago looks quiet only because the refresh
+        # queued with that callback waits behind others: a poll queued behind it would find
+        # the step ended, and only make the backlog longer. Polled once POLL_AFTER_SECONDS
+        # have passed all the same, should that refresh be lost.
+        announced = self.metrics.announced(
+            [(d.chain_id, d.index) for d in items if d.work is Work.POLL],
+            within=s.poll_after_seconds,
+        )
+        sent = 0
         for due in items:
             match due.work:
+                case Work.POLL if (due.chain_id, due.index) in announced:
+                    continue  # held back for ``hold`` by take_due: looked at again then
                 case Work.POLL:
                     self.enqueue(REFRESH_STEP, (due.chain_id, due.index))
                 case Work.SUBMIT | Work.RECONCILE:  # a cancelled chain's claim only reconciles
                     self.enqueue(SUBMIT_STEP, (due.chain_id, due.index))
+            sent += 1
         self.sweep_slots()
         self.sweep_budget()
         videos = self.archiver.sweep()
@@ -740,6 +752,12 @@ class Runner:
         trimmed = self.store.trim_expired(now=self.clock())
         if trimmed:
             log.info("sweep: %d expired chain(s) taken out of the listing", trimmed)
-        if items or videos:
-            log.info("sweep: enqueued %d owed chain item(s), %d video(s)", len(items), videos)
-        return len(items) + videos
+        if sent or videos:
+            log.info("sweep: enqueued %d owed chain item(s), %d video(s)", sent, videos)
+        if len(items) > sent:
+            log.info(
+                "sweep: %d poll(s) not sent: a callback said their step succeeded, and its "
+                "refresh is queued",
+                len(items) - sent,
+            )
+        return sent + videos

@@ -172,6 +172,19 @@ def test_refused_creates_are_summed_over_the_last_hour_and_in_all(
     assert (figures.refused().last_hour, figures.refused().total) == (2, 3)
 
 
+def test_steps_announced_are_those_a_success_callback_named_lately(
+    figures: Metrics, client: fakeredis.FakeRedis, clock: Clock
+) -> None:
+    figures.callback(CallbackOutcome.ACCEPTED, succeeded=("c", 0))
+    clock.now += 10
+    figures.callback(CallbackOutcome.ACCEPTED, succeeded=("c", 2))
+    client.set(KEYS.callback_arrived("c", 3), "not a time")
+    steps = [("c", 0), ("c", 1), ("c", 2), ("c", 3)]
+    assert figures.announced(steps, within=30) == {("c", 0), ("c", 2)}
+    assert figures.announced(steps, within=5) == {("c", 2)}
+    assert figures.announced([], within=30) == set()
+
+
 def test_turnaround_runs_from_the_first_success_callback_to_the_next_accepted_create(
     figures: Metrics, clock: Clock
 ) -> None:

@@ -19,10 +19,12 @@ from kling.models import Task, TaskKind, TaskStatus, Video
 from tests.unit.test_runner import NOW, ScriptedProvider
 from worker.archiver import Archiver
 from worker.core.chain import Spec, StepStatus, new_chain
+from worker.core.metrics import CallbackOutcome
 from worker.core.polling import MIN_SAMPLES
 from worker.runner import Runner
 from worker.settings import Settings
 from worker.state.chains import Store, Timing
+from worker.state.metrics import Metrics
 from worker.state.polling import CallbackSeen, TaskDurations
 from worker.state.videos import Videos
 from worker.storage.local import LocalStorage
@@ -257,3 +259,29 @@ def test_a_plan_at_the_ceiling_is_left_to_the_sweep(rig: Rig) -> None:
     news_at = rig.store.get(cid).step(0).news_at
     assert news_at is not None
     assert due == [(b"poll|c1|0", news_at + 120)]
+
+
+@pytest.mark.parametrize("announced", [False, True])
+def test_the_sweep_sends_no_poll_behind_the_refresh_of_a_success_callback(
+    rig: Rig, announced: bool
+) -> None:
+    # Under a backlog, the refresh a callback queued waits longer than POLL_AFTER_SECONDS:
+    # the step then looks quiet to the sweep, which would queue a poll behind that refresh.
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    rig.runner.enqueue = lambda name, args: sent.append((name, args))
+    cid = rig.start()
+    rig.clock.now += 100
+    if announced:  # what the web process counts as it queues the callback's refresh
+        web = Metrics(rig.store.redis, rig.store.keys, clock=rig.clock)
+        web.callback(CallbackOutcome.ACCEPTED, succeeded=(cid, 0))
+    rig.clock.now += 21  # the step has had no news for POLL_AFTER_SECONDS (120)
+    assert rig.runner.sweep() == (0 if announced else 1)
+    assert sent == ([] if announced else [(REFRESH_STEP, (cid, 0))])
+
+    # Should that refresh be lost, the step is polled once POLL_AFTER_SECONDS have passed
+    # since the callback, as the sweep holds an item back for them (take_due).
+    sent.clear()
+    rig.store.redis.delete(rig.store.keys.sweep_lock)
+    rig.clock.now += 120
+    assert rig.runner.sweep() == 1
+    assert sent == [(REFRESH_STEP, (cid, 0))]

@@ -154,7 +154,8 @@ class Keys:
 
     def callback_arrived(self, chain_id: str, index: int) -> str:
         """When the first callback saying step ``index`` succeeded arrived: the start of the
-        next step's turnaround (``kc_step_turnaround_seconds``)."""
+        next step's turnaround (``kc_step_turnaround_seconds``), and what tells the sweep not
+        to poll the step while that callback's refresh is queued (``Runner.sweep``)."""
         return f"{self.prefix}metrics:arrived:{chain_id}:{index}"
 
     # -- adaptive polling (worker.core.polling) ----------------------------------------------

@@ -17,6 +17,7 @@ status applied twice counts once.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -205,6 +206,18 @@ class Metrics:
             key = self.keys.callback_arrived(*succeeded)
             pipe.set(key, repr(self.clock()), nx=True, ex=ARRIVAL_TTL)
 
+    def announced(
+        self, steps: Sequence[tuple[str, int]], *, within: float
+    ) -> set[tuple[str, int]]:
+        """The steps among ``steps`` (chain, index) that a callback said succeeded less than
+        ``within`` seconds ago (``queue_callback``): the web queued that callback's refresh
+        with it, and the refresh has not recorded the end yet."""
+        if not steps:
+            return set()
+        raws = self.redis.mget([self.keys.callback_arrived(*step) for step in steps])
+        now = self.clock()
+        return {step for step, raw in zip(steps, raws, strict=True) if _since(raw, now) < within}
+
     def queried(self, outcome: QueryOutcome) -> None:
         self._send(f"a query ({outcome})", lambda p: self._add(p, QUERIES.name, (outcome.value,)))
 
@@ -316,6 +329,15 @@ class Metrics:
             return True
         log.warning("metrics: the chains kept changing while counted; kc_chains left out")
         return False
+
+
+def _since(raw: bytes | str | None, now: float) -> float:
+    """Seconds since the arrival ``raw`` records (``Keys.callback_arrived``); infinite for
+    none, or for a value that is not a time."""
+    try:
+        return now - float(raw) if raw is not None else math.inf
+    except ValueError:
+        return math.inf
 
 
 def _statuses(pipe: Any, keys: Keys) -> dict[str, int]:
