@@ -31,9 +31,12 @@ from urllib.parse import urljoin
 
 import requests
 import urllib3
+from urllib3.poolmanager import PoolManager
+from urllib3.response import BaseHTTPResponse
 
+from kling.client import USER_AGENT
 from worker.core import retry
-from worker.outbound.netguard import AllowList, DestinationRefused, guarded_session, is_guarded
+from worker.outbound.netguard import AllowList, DestinationRefused, guarded_pools, guarded_session
 from worker.outbound.pace import DEFAULT_LIMITS, AttemptLimits, Meter
 from worker.outbound.urls import describe_error, display, http_problem
 from worker.storage import Upload
@@ -319,34 +322,48 @@ class _Part:
         self.written += len(chunk)
 
 
-def _require_guard(http: requests.Session, url: str) -> None:
-    if not is_guarded(http, url):
+def _require_guard(http: requests.Session, url: str) -> PoolManager:
+    """The guarded connection pools `http` fetches `url` through (`guarded_pools`)."""
+    pools = guarded_pools(http, url)
+    if pools is None:
         raise ValueError(
             "downloads need a session from worker.outbound.netguard.guarded_session() "
             f"(or none), not one that reaches {display(url)} unchecked"
         )
+    return pools
 
 
 def _open(
     http: requests.Session, url: str, headers: Mapping[str, str], timeout: tuple[float, float]
-) -> requests.Response:
+) -> BaseHTTPResponse:
     """GET `url`, following up to MAX_REDIRECTS redirects, each hop through the guard.
 
-    Every hop carries the same headers, so a resume's Range and If-Range reach the server
-    that answers; the next attempt starts again from `url`.
+    Sent on the session's guarded connection pools directly (`guarded_pools`), with the
+    session's own pool settings and none of requests' per-request work. Every hop carries
+    the same headers, so a resume's Range and If-Range reach the server that answers; the
+    next attempt starts again from `url`.
     """
     current, hops = url, 0
+    limits = urllib3.Timeout(connect=timeout[0], read=timeout[1])
+    sent = {"User-Agent": USER_AGENT, **headers}
     while True:
-        _require_guard(http, current)
+        pools = _require_guard(http, current)
         try:
-            reply = http.get(
-                current, headers=headers, stream=True, timeout=timeout, allow_redirects=False
+            reply = pools.urlopen(
+                "GET",
+                current,
+                headers=sent,
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=limits,
             )
         except DestinationRefused as exc:
             via = f" (redirected to {display(current)})" if hops else ""
             raise DownloadPermanent(f"{display(url)}{via}: {exc}") from None
         try:
-            target = redirect_target(current, reply.status_code, reply.headers, hops=hops)
+            target = redirect_target(current, reply.status, reply.headers, hops=hops)
         except DownloadPermanent as exc:
             reply.close()
             raise DownloadPermanent(f"{display(url)}: {exc}") from None
@@ -356,22 +373,22 @@ def _open(
         current, hops = target, hops + 1
 
 
-def _body(reply: requests.Response, size: int) -> Iterator[bytes]:
+def _body(reply: BaseHTTPResponse, size: int) -> Iterator[bytes]:
     """The body as it arrives, in pieces of at most `size` bytes.
 
-    Each piece is what one read from the connection gave (``read1``), unlike
-    ``iter_content``, which waits until it has `size` bytes: a host that trickles a byte at a
-    time would hold that wait, and the worker, for as long as it liked.
+    Each piece is what one read from the connection gave (``read1``), unlike reading until
+    `size` bytes have come: a host that trickles a byte at a time would hold that wait, and
+    the worker, for as long as it liked.
 
     A body without a Content-Encoding (what ``Accept-Encoding: identity`` asks for) is read
     with ``decode_content=False``: urllib3 then hands over what the socket gave, where
     decoding passes every piece through its buffer and copies it once more for nothing. A
-    server that encodes the body anyway is still decoded, as before.
+    server that encodes the body anyway is still decoded, as before. Once the body has been
+    read to its end, urllib3 puts the connection back in its pool for the next download.
     """
-    raw = reply.raw
     encoding = reply.headers.get("Content-Encoding", "").strip().lower()
     decode = encoding not in ("", "identity")
-    while piece := raw.read1(size, decode_content=decode):
+    while piece := reply.read1(size, decode_content=decode):
         yield piece
 
 
@@ -392,7 +409,7 @@ def _attempt(
     meter = Meter(limits, monotonic)
     with _open(http, url, headers, timeout) as reply:
         plan = plan_reply(
-            reply.status_code, reply.headers, offset=offset, total=part.total, max_bytes=max_bytes
+            reply.status, reply.headers, offset=offset, total=part.total, max_bytes=max_bytes
         )
         if plan.action is Action.FAIL:
             raise DownloadPermanent(f"{display(url)}: {plan.reason}")
@@ -428,13 +445,15 @@ def _attempt(
     return check_complete(part.received, part.total)
 
 
+# urllib3's own, raised as they are (retries=False): a URL it cannot use is for good, and
+# anything else that went wrong on the way (connect, TLS, a read timeout, a broken body) is
+# worth another attempt.
 _PERMANENT_REQUEST_ERRORS = (
-    requests.exceptions.InvalidURL,
-    requests.exceptions.InvalidSchema,
-    requests.exceptions.MissingSchema,
-    requests.exceptions.TooManyRedirects,
+    urllib3.exceptions.LocationParseError,
+    urllib3.exceptions.LocationValueError,
+    urllib3.exceptions.URLSchemeUnknown,
 )
-_RETRYABLE_REQUEST_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError)
+_RETRYABLE_REQUEST_ERRORS = (urllib3.exceptions.HTTPError,)
 
 
 def _preflight(

@@ -36,6 +36,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import ConnectTimeoutError, NameResolutionError, NewConnectionError
+from urllib3.poolmanager import PoolManager
 from urllib3.util.connection import allowed_gai_family, create_connection
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "DestinationRefused",
     "GuardedAdapter",
     "address_kind",
+    "guarded_pools",
     "guarded_session",
     "is_guarded",
     "refusal",
@@ -424,10 +426,23 @@ def guarded_session(allow: AllowList | None = None) -> requests.Session:
     return session
 
 
-def is_guarded(session: requests.Session, url: str) -> bool:
-    """Whether `session` would fetch `url` through a `GuardedAdapter`, without ``.netrc``."""
+def guarded_pools(session: requests.Session, url: str) -> PoolManager | None:
+    """The connection pools of the `GuardedAdapter` through which `session` (without
+    ``.netrc``) fetches `url`; None when it would fetch it any other way.
+
+    Requests sent on them directly skip what requests does per request (merging settings,
+    preparing the request, its hooks), which is most of what fetching a small file costs,
+    and keep the guard: every connection they make is checked."""
     try:
         adapter = session.get_adapter(url)
     except requests.exceptions.InvalidSchema:
-        return False
-    return isinstance(adapter, GuardedAdapter) and not session.trust_env
+        return None
+    if not isinstance(adapter, GuardedAdapter) or session.trust_env:
+        return None
+    pools: PoolManager = adapter.poolmanager
+    return pools
+
+
+def is_guarded(session: requests.Session, url: str) -> bool:
+    """Whether `session` would fetch `url` through a `GuardedAdapter`, without ``.netrc``."""
+    return guarded_pools(session, url) is not None
