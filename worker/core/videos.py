@@ -18,7 +18,7 @@ from __future__ import annotations
 import builtins
 import json
 import re
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -117,7 +117,8 @@ class VideoRecord:
         return about
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+        # vars, not dataclasses.asdict (which deep-copies, twice the cost): the fields are flat.
+        return json.dumps(vars(self), separators=(",", ":"))
 
     @classmethod
     def from_json(cls, raw: str | builtins.bytes) -> VideoRecord:
