@@ -206,9 +206,7 @@ class Metrics:
             key = self.keys.callback_arrived(*succeeded)
             pipe.set(key, repr(self.clock()), nx=True, ex=ARRIVAL_TTL)
 
-    def announced(
-        self, steps: Sequence[tuple[str, int]], *, within: float
-    ) -> set[tuple[str, int]]:
+    def announced(self, steps: Sequence[tuple[str, int]], *, within: float) -> set[tuple[str, int]]:
         """The steps among ``steps`` (chain, index) that a callback said succeeded less than
         ``within`` seconds ago (``queue_callback``): the web queued that callback's refresh
         with it, and the refresh has not recorded the end yet."""
