@@ -187,6 +187,18 @@ def test_plan_reply(
     assert plan.reason
 
 
+def test_a_repeated_header_reads_as_all_its_values() -> None:
+    # A reply's headers as urllib3 hands them over: two Content-Lengths that disagree are no
+    # size at all, as their joined value "3000, 9000" is no number, never the last one alone.
+    headers = urllib3.HTTPHeaderDict()
+    headers.add("Content-Length", "3000")
+    headers.add("content-length", "9000")
+    repeated = plan_reply(200, headers, offset=0, total=None, max_bytes=CAP)
+    joined = plan_reply(200, {"Content-Length": "3000, 9000"}, offset=0, total=None, max_bytes=CAP)
+    assert repeated == joined
+    assert repeated.total is None
+
+
 @pytest.mark.parametrize(
     ("received", "total", "ranges", "offset"),
     [

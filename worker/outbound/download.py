@@ -163,7 +163,9 @@ class Plan:
 
 
 def _headers_lower(headers: Mapping[str, str]) -> dict[str, str]:
-    return {key.lower(): value for key, value in headers.items()}
+    # By key, not items(): urllib3's headers give each repeat of a header as an item of its
+    # own, and a repeated header must read as all its values ("100, 200"), not the last one.
+    return {key.lower(): headers[key] for key in headers}
 
 
 def _accepts_byte_ranges(headers: Mapping[str, str]) -> bool:
