@@ -78,8 +78,8 @@ class Rig:
         self.provider.tasks["t0"] = dataclasses.replace(task, status=status, **fields)
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Rig:
+def make_rig(tmp_path: Path, client: Any, prefix: str = "t:") -> Rig:
+    """The runner over ``client`` (fakeredis here; a real Redis in the integration tests)."""
     s = Settings(
         callback_secret="s" * 32,
         kling_api_key="k",
@@ -88,8 +88,8 @@ def rig(tmp_path: Path) -> Rig:
     )
     clock = Clock()
     store = Store(
-        fakeredis.FakeRedis(),
-        prefix="t:",
+        client,
+        prefix=prefix,
         timing=Timing(poll_after=120, submit_lease=60),
         clock=clock,
     )
@@ -100,10 +100,15 @@ def rig(tmp_path: Path) -> Rig:
         planned.append((args, countdown))
 
     provider = CountingProvider()
-    videos = Videos(store.redis, prefix="t:")
+    videos = Videos(store.redis, prefix=prefix)
     archiver = Archiver(s, LocalStorage(tmp_path), store, videos, provider, lambda *a: None)  # type: ignore[arg-type]
     runner = Runner(s, store, provider, lambda *a: None, archiver, later=later, clock=clock)  # type: ignore[arg-type]
     return Rig(runner, store, provider, clock, planned)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Rig:
+    return make_rig(tmp_path, fakeredis.FakeRedis())
 
 
 def test_a_create_plans_the_first_poll_named_by_the_steps_news(rig: Rig) -> None:
@@ -265,8 +270,12 @@ def test_a_plan_at_the_ceiling_is_left_to_the_sweep(rig: Rig) -> None:
 def test_the_sweep_sends_no_poll_behind_the_refresh_of_a_success_callback(
     rig: Rig, announced: bool
 ) -> None:
-    # Under a backlog, the refresh a callback queued waits longer than POLL_AFTER_SECONDS:
-    # the step then looks quiet to the sweep, which would queue a poll behind that refresh.
+    sweep_behind_a_success_callback(rig, announced=announced)
+
+
+def sweep_behind_a_success_callback(rig: Rig, *, announced: bool) -> None:
+    """Under a backlog, the refresh a callback queued waits longer than POLL_AFTER_SECONDS:
+    the step then looks quiet to the sweep, which would queue a poll behind that refresh."""
     sent: list[tuple[str, tuple[Any, ...]]] = []
     rig.runner.enqueue = lambda name, args: sent.append((name, args))
     cid = rig.start()
