@@ -208,8 +208,9 @@ class Metrics:
 
     def announced(self, steps: Sequence[tuple[str, int]], *, within: float) -> set[tuple[str, int]]:
         """The steps among ``steps`` (chain, index) that a callback said succeeded less than
-        ``within`` seconds ago (``queue_callback``): the web queued that callback's refresh
-        with it, and the refresh has not recorded the end yet."""
+        ``within`` seconds ago (``queue_callback``), and whose next step has not been
+        created since (that create takes the arrival): the web queued the callback's
+        refresh with it, and the refresh may still be waiting to run."""
         if not steps:
             return set()
         raws = self.redis.mget([self.keys.callback_arrived(*step) for step in steps])
