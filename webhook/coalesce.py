@@ -9,6 +9,14 @@ MULTI: the requests are independent, as before). Each request still waits for th
 its own commands and gets its own error, so a callback is answered 200 only once its task
 is in Redis, exactly as with a pipeline of its own. With one request at a time, a batch is
 that request alone.
+
+Within a batch, the ``LPUSH``es to one list are sent as one ``LPUSH`` of all their values,
+in the order they were queued, and the ``HINCRBY``s of one hash field as one ``HINCRBY`` of
+their sum (``Batch``): under load most callbacks of a turn push onto the same queue and add
+to the same counter, and each command a pipeline carries costs the web CPU of its own. A
+worker takes the pushed messages in the same order as from separate pushes (LPUSH adds
+each value at the head in turn), and the counter ends at the same value. Each request
+sharing a merged command hears that command's reply or error.
 """
 
 from __future__ import annotations
@@ -21,7 +29,66 @@ import redis
 from redis import asyncio as aioredis
 
 Queue = Callable[[Any], None]
-"""Adds a request's commands to the pipeline it is given."""
+"""Adds a request's commands to the batch it is given (any pipeline command, ``Batch``)."""
+
+_Command = tuple[str, tuple[Any, ...], dict[str, Any]]
+
+
+class Batch:
+    """A pipeline's commands as the requests of one turn queue them, each LPUSH to a list and
+    each HINCRBY of a field merged into the first such command queued. ``take`` gives the
+    places in the pipeline of the commands queued since the last ``take``, one per command
+    (a merged command's place for each command merged into it)."""
+
+    def __init__(self) -> None:
+        self.commands: list[_Command] = []
+        self._merged: dict[tuple[str, Any, Any], int] = {}
+        self._mine: list[int] = []
+
+    def lpush(self, name: Any, *values: Any) -> None:
+        place = self._merged.get(("lpush", name, None))
+        if place is None:
+            self._merged["lpush", name, None] = self._add("lpush", (name, *values))
+        else:
+            self._share(place, values=values)
+
+    def hincrby(self, name: Any, key: Any, amount: int = 1) -> None:
+        place = self._merged.get(("hincrby", name, key))
+        if place is None:
+            self._merged["hincrby", name, key] = self._add("hincrby", (name, key, amount))
+        else:
+            self._share(place, amount=amount)
+
+    def __getattr__(self, command: str) -> Callable[..., None]:
+        """Any other command, queued as it is."""
+
+        def queue(*args: Any, **kwargs: Any) -> None:
+            self._add(command, args, kwargs)
+
+        return queue
+
+    def take(self) -> list[int]:
+        mine, self._mine = self._mine, []
+        return mine
+
+    def send(self, pipe: Any) -> None:
+        for command, args, kwargs in self.commands:
+            getattr(pipe, command)(*args, **kwargs)
+
+    def _add(
+        self, command: str, args: tuple[Any, ...], kwargs: dict[str, Any] | None = None
+    ) -> int:
+        self.commands.append((command, args, kwargs or {}))
+        place = len(self.commands) - 1
+        self._mine.append(place)
+        return place
+
+    def _share(self, place: int, *, values: tuple[Any, ...] = (), amount: int = 0) -> None:
+        command, args, kwargs = self.commands[place]
+        if amount:
+            args = (*args[:2], args[2] + amount)
+        self.commands[place] = (command, (*args, *values), kwargs)
+        self._mine.append(place)  # a reply for every command queued, shared or not
 
 
 class Coalescer:
@@ -45,13 +112,14 @@ class Coalescer:
         task.add_done_callback(_quiet)
 
     async def _send(self, batch: list[tuple[Queue, asyncio.Future[list[Any]]]]) -> None:
-        counts: list[int] = []
+        places: list[list[int]] = []
         try:
+            commands = Batch()
+            for queue, _ in batch:
+                queue(commands)
+                places.append(commands.take())
             async with self.redis.pipeline(transaction=False) as pipe:
-                for queue, _ in batch:
-                    before = len(pipe)
-                    queue(pipe)
-                    counts.append(len(pipe) - before)
+                commands.send(pipe)
                 replies = await pipe.execute(raise_on_error=False)
         except BaseException as exc:  # Redis, or a bug in one queue: every request hears it
             for _, done in batch:
@@ -60,10 +128,8 @@ class Coalescer:
             if not isinstance(exc, Exception):
                 raise
             return
-        start = 0
-        for (_, done), count in zip(batch, counts, strict=True):
-            mine = replies[start : start + count]
-            start += count
+        for (_, done), mine_at in zip(batch, places, strict=True):
+            mine = [replies[place] for place in mine_at]
             if done.done():  # the request went away (its client hung up)
                 continue
             failed = next((r for r in mine if isinstance(r, redis.RedisError)), None)
