@@ -146,11 +146,17 @@ class Runner:
     # -- plumbing ------------------------------------------------------------------------------
     def dispatch(self, chain_id: str, actions: list[Action], *, owner: str | None = None) -> None:
         """Queue what a transition asked for. With ``owner`` (the task that learnt a step's
-        end), the next step's submit runs here and now as that task, after the rest is
-        queued: one task fewer per step. A wait it asks for (a retry, a slot) becomes a
-        submit task with that countdown; should this task die meanwhile, the chain's
-        schedule has the step (pending, or claimed by ``owner`` until its lease ends)."""
+        end), the next step's submit runs here and now as that task: one task fewer per
+        step. A wait it asks for (a retry, a slot) becomes a submit task with that
+        countdown; should this task die meanwhile, the chain's schedule has the step
+        (pending, or claimed by ``owner`` until its lease ends).
+
+        The archive is queued after that submit, however it ends: its download would
+        otherwise run beside the paid create and slow the step's turnaround. The
+        transition registered the video's record, which the archive's sweep finds anyway
+        should this task die before queuing it."""
         now: list[int] = []
+        archive: list[str] = []
         for action in actions:
             match action:
                 case SubmitStep(index) if owner is not None:
@@ -158,17 +164,19 @@ class Runner:
                 case SubmitStep(index):
                     self.enqueue(SUBMIT_STEP, (chain_id, index))
                 case ArchiveVideo(video_id):
-                    # The fast path: the transition registered the record, which the
-                    # archive's sweep finds anyway if this enqueue is lost.
-                    self.enqueue(ARCHIVE_VIDEO, (video_id,))
-        for index in now:
-            assert owner is not None
-            delay = self.submit(chain_id, index, owner=owner)
-            if delay is not None:
-                if self.later is not None:
-                    self.later(SUBMIT_STEP, (chain_id, index), delay)
-                else:
-                    self.enqueue(SUBMIT_STEP, (chain_id, index))
+                    archive.append(video_id)
+        try:
+            for index in now:
+                assert owner is not None
+                delay = self.submit(chain_id, index, owner=owner)
+                if delay is not None:
+                    if self.later is not None:
+                        self.later(SUBMIT_STEP, (chain_id, index), delay)
+                    else:
+                        self.enqueue(SUBMIT_STEP, (chain_id, index))
+        finally:
+            for video_id in archive:
+                self.enqueue(ARCHIVE_VIDEO, (video_id,))
 
     def _request(self, chain: Chain, step: Step) -> ExtendRequest | Text2VideoRequest:
         spec = chain.spec

@@ -12,6 +12,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 
 from kling.errors import (
     AccountError,
@@ -399,7 +400,7 @@ def succeed_step(rig: Rig, cid: str, video_id: str, url: str, created: float = 1
 def test_success_queues_one_archive_and_one_next_step(rig: Rig) -> None:
     cid = rig.chain()
     succeed_step(rig, cid, "v1", "https://cdn.example/v1.mp4")
-    assert rig.queued == [(ARCHIVE_VIDEO, ("v1",)), (SUBMIT_STEP, (cid, 1))]
+    assert rig.queued == [(SUBMIT_STEP, (cid, 1)), (ARCHIVE_VIDEO, ("v1",))]
     rig.runner.refresh(cid, 0)  # a duplicate callback, confirmed again
     assert len(rig.queued) == 2
 
@@ -418,6 +419,43 @@ def test_the_task_that_learns_of_a_success_submits_the_next_step_itself(rig: Rig
     # A redelivered refresh (the same task again) finds step 0 done: nothing more is sent.
     rig.runner.refresh(cid, 0, owner="refresh-1")
     assert len(rig.provider.creates) == 2
+
+
+def succeed_in_flight(rig: Rig) -> str:
+    """A chain whose step 0 was created as task t0, which has now succeeded."""
+    cid = rig.chain()
+    rig.runner.submit(cid, 0, owner="a")
+    rig.provider.tasks["t0"] = Task(
+        "t0", TaskStatus.SUCCEED, videos=(Video("v1", "https://cdn.example/v1.mp4", 9.5),)
+    )
+    return cid
+
+
+def test_the_archive_is_queued_after_the_inline_create(rig: Rig) -> None:
+    creates_when_queued: list[int] = []
+    enqueue = rig.runner.enqueue
+
+    def noting(name: str, args: tuple[Any, ...]) -> None:
+        creates_when_queued.append(len(rig.provider.creates))
+        enqueue(name, args)
+
+    rig.runner.enqueue = noting
+    cid = succeed_in_flight(rig)
+    rig.runner.refresh(cid, 0, owner="refresh-1")
+    assert rig.queued == [(ARCHIVE_VIDEO, ("v1",))]
+    assert creates_when_queued == [2]  # step 1's paid create went out first
+
+
+def test_the_archive_is_queued_when_the_inline_submit_fails(rig: Rig) -> None:
+    cid = succeed_in_flight(rig)
+
+    def broken(*_: Any, **__: Any) -> float | None:
+        raise redis.ConnectionError("Connection refused")  # Redis went away mid-task
+
+    rig.runner.submit = broken  # type: ignore[method-assign]
+    with pytest.raises(redis.ConnectionError):
+        rig.runner.refresh(cid, 0, owner="refresh-1")
+    assert rig.queued == [(ARCHIVE_VIDEO, ("v1",))]
 
 
 def test_a_wait_the_inline_submit_asks_for_becomes_a_submit_task_later(
