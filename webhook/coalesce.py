@@ -38,7 +38,12 @@ class Batch:
     """A pipeline's commands as the requests of one turn queue them, each LPUSH to a list and
     each HINCRBY of a field merged into the first such command queued. ``take`` gives the
     places in the pipeline of the commands queued since the last ``take``, one per command
-    (a merged command's place for each command merged into it)."""
+    (a merged command's place for each command merged into it).
+
+    A merged command runs where the first of its kind was queued, so a request's commands
+    may run in another order than it queued them: none may depend on another's effect (a
+    read after its own write, say). Every caller's commands are independent writes, or a
+    read beside them."""
 
     def __init__(self) -> None:
         self.commands: list[_Command] = []
