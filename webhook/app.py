@@ -763,6 +763,8 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
         raise SystemExit(2) from None
     if settings.log_format == "json":
         logs.use_json("web", loggers=("uvicorn", "uvicorn.error", "uvicorn.access"))
+    else:
+        logs.use_text()
     if token is None:
         log.warning(
             "API_AUTH=off: the API (which starts paid work) answers anyone who can reach "

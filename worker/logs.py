@@ -1,5 +1,8 @@
 """Log lines: readable text (the default) or, with ``LOG_FORMAT=json``, one JSON object a line.
 
+A text line is ``[time: LEVEL/logger] message``, secrets redacted as in JSON lines; the
+worker and beat print Celery's own text lines, the web process gets ``use_text``.
+
 A JSON line holds ``time`` (UTC, ISO 8601), ``level``, ``logger``, ``service`` (web, worker,
 beat), ``message``, and where they apply ``chain_id``, ``step``, ``task_id`` (the provider's
 task), ``video_id`` and ``event`` (a stable name such as ``step.created``), given with
@@ -86,6 +89,33 @@ class JsonFormatter(logging.Formatter):
         if record.stack_info:
             line["stack"] = redact(self.formatStack(record.stack_info))
         return json.dumps(line, default=str, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """``[time: LEVEL/logger] message``, secrets redacted (the traceback too)."""
+
+    def __init__(self) -> None:
+        super().__init__("[%(asctime)s: %(levelname)s/%(name)s] %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
+def use_text(level: int = logging.INFO) -> None:
+    """Give the root logger a text handler on stderr (at ``level``) when it has none.
+
+    Without it, records of this service's own loggers below WARNING are dropped and
+    warnings come out bare: uvicorn sets up its own loggers only. A root logger that already
+    has a handler (``--log-config``, a test runner) is left as it is.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
 
 
 def _access_fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""LOG_FORMAT=json lines (worker.logs): the fields, the redaction, the setting."""
+"""Log lines (worker.logs): the JSON fields, the redaction, text lines, the setting."""
 
 from __future__ import annotations
 
@@ -147,12 +147,17 @@ def test_a_line_without_a_record() -> None:
     assert line["message"] == "worker: Warm shutdown (MainProcess)"
 
 
-def logged_by(script: str) -> list[dict[str, Any]]:
-    """What a fresh interpreter running ``script`` writes to stderr, as JSON lines."""
+def stderr_of(script: str) -> list[str]:
+    """The lines a fresh interpreter running ``script`` writes to stderr."""
     done = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=30, check=True
     )
-    return [json.loads(line) for line in done.stderr.splitlines()]
+    return done.stderr.splitlines()
+
+
+def logged_by(script: str) -> list[dict[str, Any]]:
+    """What a fresh interpreter running ``script`` writes to stderr, as JSON lines."""
+    return [json.loads(line) for line in stderr_of(script)]
 
 
 def test_use_json_makes_the_process_log_json_lines_warnings_too() -> None:
@@ -188,6 +193,32 @@ def test_a_second_role_does_not_take_over_unless_told() -> None:
         ("one", "web"),
         ("two", "worker"),
     ]
+
+
+def test_use_text_prints_info_lines_with_time_level_and_logger_redacted() -> None:
+    lines = stderr_of(
+        "import logging\n"
+        "from worker.logs import use_text\n"
+        "use_text()\n"
+        "logging.getLogger('webhook.app').info('to %s', 'http://h/callbacks/c/1/SECRET')\n"
+        "logging.getLogger('webhook.app').debug('not shown')\n"
+        "logging.getLogger('webhook.app').warning('careful')\n"
+    )
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("[20")
+    assert lines[0].endswith(": INFO/webhook.app] to http://h/callbacks/c/1/<token>")
+    assert lines[1].endswith(": WARNING/webhook.app] careful")
+
+
+def test_use_text_leaves_a_root_logger_that_has_a_handler() -> None:
+    lines = stderr_of(
+        "import logging, sys\n"
+        "from worker.logs import use_text\n"
+        "logging.basicConfig(stream=sys.stderr, format='mine %(message)s')\n"
+        "use_text()\n"
+        "logging.warning('one')\n"
+    )
+    assert lines == ["mine one"]
 
 
 @pytest.fixture
