@@ -45,13 +45,27 @@ _SECRET_VALUE = re.compile(
 )
 
 
+_BEARER_WORD = re.compile(r"(?i)bearer")
+
+
 def redact(text: str) -> str:
-    """``text`` with callback tokens, query strings and other secrets replaced."""
-    text = _QUERY.sub(rf"\1?{REDACTED}", text)
-    text = _CALLBACK_TOKEN.sub(r"\1<token>", text)
-    text = _BEARER.sub(rf"\1{REDACTED}", text)
-    text = _JWT.sub(REDACTED, text)
-    return _SECRET_VALUE.sub(rf"\1={REDACTED}", text)
+    """``text`` with callback tokens, query strings and other secrets replaced.
+
+    Each pattern runs only on a text holding the literal it cannot match without: most
+    lines hold no secret, and the five patterns cost ~20 µs a line where a web callback
+    costs ~500 µs in all.
+    """
+    if "?" in text:
+        text = _QUERY.sub(rf"\1?{REDACTED}", text)
+    if "/callbacks/" in text:
+        text = _CALLBACK_TOKEN.sub(r"\1<token>", text)
+    if _BEARER_WORD.search(text):
+        text = _BEARER.sub(rf"\1{REDACTED}", text)
+    if "eyJ" in text:
+        text = _JWT.sub(REDACTED, text)
+    if "=" in text:
+        text = _SECRET_VALUE.sub(rf"\1={REDACTED}", text)
+    return text
 
 
 Context = Callable[[], Mapping[str, Any]]
