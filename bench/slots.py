@@ -31,13 +31,13 @@ def ideal_seconds(chains: int = CHAINS, steps: int = STEPS) -> float:
 
 
 def measure(root: Path, *, gated: bool, chains: int) -> dict[str, Any]:
-    settings = {"kling_concurrency": str(LIMIT)} if gated else {}
-    service = start_service(
-        root,
-        delay=TASK_SECONDS,
-        gateway_faults=f'{{"account_concurrency": {LIMIT}}}',
-        **settings,
-    )
+    faults = f'{{"account_concurrency": {LIMIT}}}'
+    if gated:
+        service = start_service(
+            root, delay=TASK_SECONDS, gateway_faults=faults, kling_concurrency=str(LIMIT)
+        )
+    else:
+        service = start_service(root, delay=TASK_SECONDS, gateway_faults=faults)
     try:
         seeds = seed_videos(service, chains)
         bodies = [chain_body(seed, STEPS) for seed in seeds]
