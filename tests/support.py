@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import pytest
 import redis
@@ -19,7 +19,15 @@ import requests
 
 from chainctl.devstack import Stack, start_local
 
-FAST = {
+
+class FastSettings(TypedDict):
+    poll_after_seconds: str
+    submit_lease_seconds: str
+    kling_timeout_seconds: str
+    recheck_after_seconds: str
+
+
+FAST: FastSettings = {
     "poll_after_seconds": "2",
     "submit_lease_seconds": "3",
     "kling_timeout_seconds": "2",
@@ -132,6 +140,7 @@ def start_service(
             processes=processes,
             key_prefix=prefix,
             celery_queue=f"{prefix}queue",
+            commands=None,
             **{
                 "poll_after_seconds": "30",
                 "sweep_seconds": "1",

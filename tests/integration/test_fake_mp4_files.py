@@ -19,8 +19,10 @@ svc = module_service("mp4", gateway_args=("--video-format", "mp4"))
 
 
 def facts(data: bytes) -> dict[str, Any]:
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), "r") as container:
         stream = container.streams.video[0]
+        assert stream.duration is not None
+        assert stream.time_base is not None
         frames = sum(1 for _ in container.decode(stream))
         return {
             "codec": stream.codec_context.name,
@@ -93,7 +95,7 @@ def test_each_file_is_encoded_once() -> None:
             client.get("/files/A.mp4")
             client.get("/files/A.mp4", headers={"Range": "bytes=10-20"})
         client.get("/files/B.mp4")
-        mp4 = gateway_of(app).mp4  # type: ignore[arg-type]
+        mp4 = gateway_of(app).mp4
         assert mp4 is not None
         assert mp4.encoded == 2
 
@@ -111,7 +113,7 @@ def test_random_content_stays_available() -> None:
         client.post("/_fake/videos", json={"duration": 1.0, "video_id": "R"})
         reply = client.get("/files/R.mp4")
         assert len(reply.content) == 200_000
-        assert gateway_of(app).mp4 is None  # type: ignore[arg-type]
+        assert gateway_of(app).mp4 is None
 
 
 def test_a_chain_through_the_mp4_gateway_archives_playable_videos(svc: Any) -> None:

@@ -100,7 +100,7 @@ def test_real_replies_conform_too(svc: Service, chain: dict[str, Any]) -> None:
     ]
     schema["/archive/{video_id}/url"]["GET"].validate_response(link)
     for method, path, url, status in cases:
-        body = {} if method == "POST" else None
+        body: dict[str, Any] | None = {} if method == "POST" else None
         reply = svc.http.request(method, f"{svc.api}{url}", json=body, timeout=10)
         assert reply.status_code == status, (method, url, reply.text[:300])
         schema[path][method].validate_response(reply)

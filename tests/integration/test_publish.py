@@ -85,7 +85,7 @@ def test_an_early_callback_queues_nothing_once_the_step_has_its_task(
         callback_secret=secret,
         kling_api_key="k",
         api_token="t" * 32,
-    )  # type: ignore[call-arg]
+    )
     queue = capture(app, REFRESH_STEP)
     assert isinstance(queue, Template)
     client = redis.Redis.from_url(redis_url)

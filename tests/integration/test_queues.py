@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from chainctl.devstack import find_procfile
 from tests.support import Service, start_service, stop_service
@@ -19,7 +19,13 @@ DOWNLOAD_SECONDS = 10.0  # each throttled file
 THROTTLE = 4000 * SEED_SECONDS / DOWNLOAD_SECONDS
 QUEUED = 3 * SLOTS  # more downloads than the processes of every worker together
 # The throttled files are far slower than DOWNLOAD_MIN_BYTES_PER_SECOND: never cut them.
-SLOW_FILES_ALLOWED = {"download_min_bytes_per_second": "0"}
+
+
+class SlowFilesAllowed(TypedDict):
+    download_min_bytes_per_second: str
+
+
+SLOW_FILES_ALLOWED: SlowFilesAllowed = {"download_min_bytes_per_second": "0"}
 
 
 def wait_for(what: str, done: Callable[[], bool], timeout: float = 30.0) -> None:

@@ -7,6 +7,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 import redis
@@ -14,7 +15,18 @@ import redis
 from chainctl.devstack import free_port
 from tests.support import Service, sha256_file, start_service, stop_service
 
-FAST = {"poll_after_seconds": "2", "submit_lease_seconds": "3", "recheck_after_seconds": "1"}
+
+class FastSettings(TypedDict):
+    poll_after_seconds: str
+    submit_lease_seconds: str
+    recheck_after_seconds: str
+
+
+FAST: FastSettings = {
+    "poll_after_seconds": "2",
+    "submit_lease_seconds": "3",
+    "recheck_after_seconds": "1",
+}
 
 
 class PersistentRedis:

@@ -6,6 +6,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from starlette.testclient import TestClient
 
 from webhook import app as webapp
@@ -35,10 +36,8 @@ def client(
 ) -> TestClient:
     """The web app with the API token sent, its Redis a fakeredis server, tasks into ``sent``."""
     server = fakeredis.FakeServer()
-    monkeypatch.setattr(
-        webapp.redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server)
-    )
-    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=TOKEN, **web_settings)  # type: ignore[arg-type]
+    monkeypatch.setattr(redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server))
+    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=TOKEN, **web_settings)
 
     def send_task(name: str, args: tuple[Any, ...]) -> None:
         sent.append((name, tuple(args)))

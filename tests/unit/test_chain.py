@@ -20,6 +20,7 @@ from worker.core.chain import (
     ChainStatus,
     Claim,
     EndReason,
+    Event,
     NeedsAttention,
     Spec,
     StepStatus,
@@ -88,7 +89,7 @@ def chain_at(status: StepStatus, **spec: object) -> Chain:
     return apply(c, TaskUpdate(0, task(TaskStatus.SUCCEED)), NOW).chain
 
 
-EVENTS = {
+EVENTS: dict[str, Event] = {
     "claim": Claim(0, "w2", LEASE),
     "submitted": Submitted(0, task(TaskStatus.SUBMITTED)),
     "retry": SubmitRetry(0, "rate limited (code 1302)", NOW + 5, NOW + 600),

@@ -11,8 +11,9 @@ from kling.fake.faults import Faults, FaultsError
 from kling.fake.tasks import Task as FakeTask
 from kling.fake.tasks import render_task
 from kling.models import BalanceDeduction, Task, TaskStatus, Video, parse_task
+from worker.core.budget import from_micro, to_micro
 from worker.core.chain import Chain, Claim, Spec, Submitted, TaskUpdate, apply, new_chain
-from worker.state.spend import from_micro, newly_settled, to_micro, utc_day
+from worker.state.spend import newly_settled, utc_day
 
 
 def reply(**extra: Any) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import fakeredis
 import pytest
+import redis
 from starlette.testclient import TestClient
 
 from kling.models import Task, TaskStatus, Video
@@ -52,13 +53,11 @@ def web(
     monkeypatch: pytest.MonkeyPatch, server: fakeredis.FakeServer, archive_dir: Path
 ) -> TestClient:
     """The web app on fakeredis with a local archive; no token sent unless a test adds it."""
-    monkeypatch.setattr(
-        webapp.redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server)
-    )
+    monkeypatch.setattr(redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server))
     settings = Settings(
-        callback_secret=SECRET,  # type: ignore[arg-type]
-        kling_api_key="k",  # type: ignore[arg-type]
-        api_token=TOKEN,  # type: ignore[arg-type]
+        callback_secret=SECRET,
+        kling_api_key="k",
+        api_token=TOKEN,
         archive_dir=archive_dir,
     )
     return TestClient(webapp.create_app(settings, send_task=lambda *a, **k: None))
@@ -233,10 +232,10 @@ def test_with_s3_storage_the_link_is_a_presigned_get_of_the_object(
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     settings = Settings(
-        callback_secret=SECRET,  # type: ignore[arg-type]
-        api_token=TOKEN,  # type: ignore[arg-type]
+        callback_secret=SECRET,
+        api_token=TOKEN,
         archive_url="s3://media/kc",
-        s3_endpoint_url="http://s3.internal:9000",  # type: ignore[arg-type]
+        s3_endpoint_url="http://s3.internal:9000",
     )
     board = dashboard.Dashboard(
         settings,

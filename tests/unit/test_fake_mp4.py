@@ -29,8 +29,11 @@ from kling.fake.server import build_parser, config_from_args
 
 def decoded(data: bytes) -> tuple[Any, list[Any]]:
     """The video stream's facts and its frames as RGB arrays."""
-    with av.open(io.BytesIO(data)) as container:
+    with av.open(io.BytesIO(data), "r") as container:
         stream = container.streams.video[0]
+        assert stream.duration is not None
+        assert stream.time_base is not None
+        assert container.duration is not None
         facts = {
             "codec": stream.codec_context.name,
             "pix_fmt": stream.codec_context.pix_fmt,

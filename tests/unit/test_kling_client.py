@@ -771,7 +771,7 @@ def ssl_mid_stream() -> Exception:
         (lambda: refused().args[0].reason, RetryableError, RetryableError),
         (lambda: urllib3.exceptions.ConnectTimeoutError(None, "x"), RetryableError, RetryableError),
         (
-            lambda: urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"),
+            lambda: urllib3.exceptions.ReadTimeoutError(None, "/", "read timed out"),  # type: ignore[arg-type]
             AmbiguousCreate,
             RetryableError,
         ),

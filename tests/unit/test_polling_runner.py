@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import pytest
@@ -227,7 +227,8 @@ def test_a_step_that_ends_takes_its_late_look_off_the_schedule(rig: Rig) -> None
     rig.task_becomes(TaskStatus.SUCCEED, videos=(Video("v1", "https://cdn.example/v1.mp4", 10.0),))
     rig.runner.refresh(cid, 0)
     assert rig.store.get(cid).step(0).status is StepStatus.SUCCEED
-    due = [m for m, _ in rig.store.redis.zrange(rig.store.keys.due, 0, -1, withscores=True)]
+    scored = rig.store.redis.zrange(rig.store.keys.due, 0, -1, withscores=True)
+    due = [m for m, _ in cast("list[tuple[bytes, float]]", scored)]  # member, score
     assert b"poll|c1|0" not in due
 
 

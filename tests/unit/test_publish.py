@@ -47,7 +47,7 @@ def test_publish_is_one_lpush_on_the_tasks_queue() -> None:
     async def fallback(name: str, args: Any) -> None:
         sent.append((name, args))
 
-    async def run() -> list[bytes]:
+    async def run() -> list[bytes | str]:
         publisher = Publisher(app, client, fallback)
         await publisher.publish(REFRESH_STEP, ("c", 0, "task_1", None, "succeed"))
         return list(await client.lrange(app.conf.task_routes[REFRESH_STEP]["queue"], 0, -1))
@@ -91,7 +91,7 @@ def test_a_template_captured_inside_a_running_task_is_a_root_of_its_own() -> Non
     # The worker's publisher captures on first use, inside a task: Celery would make the
     # probes children of that task (one root_id for both), which once turned the worker's
     # fast path off.
-    @app.task(name="tests.capture_inside", bind=True)
+    @app.task(name="tests.capture_inside", bind=True)  # type: ignore[untyped-decorator]
     def inside(self: Any) -> dict[str, Any]:
         template = capture(app, REFRESH_STEP)
         assert isinstance(template, publish.Template), template

@@ -126,8 +126,8 @@ class Rig:
 
 def make_rig(tmp_path: Path, provider: ScriptedProvider, **settings: Any) -> Rig:
     s = Settings(
-        callback_secret="s" * 32,  # type: ignore[arg-type]
-        kling_api_key="k",  # type: ignore[arg-type]
+        callback_secret="s" * 32,
+        kling_api_key="k",
         archive_dir=tmp_path,
         **settings,
     )
@@ -737,9 +737,9 @@ def test_a_callback_claiming_an_early_status_costs_no_query(rig: Rig) -> None:
     queried: list[str] = []
     real_get = rig.provider.get
 
-    def counting_get(kind: TaskKind, tid: str) -> Task:
-        queried.append(tid)
-        return real_get(kind, tid)
+    def counting_get(kind: TaskKind, task_id: str) -> Task:
+        queried.append(task_id)
+        return real_get(kind, task_id)
 
     rig.provider.get = counting_get  # type: ignore[method-assign]
     rig.provider.tasks[task_id] = Task(task_id, TaskStatus.PROCESSING)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
 from kling.errors import AmbiguousCreate
 from tests.unit.test_runner import (
-    NOTIFY,
-    SUBMIT_STEP,
     Rig,
     ScriptedProvider,
     fake_download,
@@ -20,6 +17,8 @@ from tests.unit.test_runner import (
     succeed_step,
 )
 from worker.core.chain import Cancel, Claim, Event, Outcome, Resume, StepStatus
+from worker.state import Also
+from worker.tasknames import NOTIFY, SUBMIT_STEP
 
 HOOKS = {
     "notify_url": "https://hooks.example/kc",
@@ -27,7 +26,13 @@ HOOKS = {
 }
 
 
-def cancel_right_after_claims(rig: Rig) -> Callable[[str, Event], Outcome]:
+class Transition(Protocol):
+    """``Store.transition``'s signature."""
+
+    def __call__(self, chain_id: str, event: Event, *, also: Also | None = None) -> Outcome: ...
+
+
+def cancel_right_after_claims(rig: Rig) -> Transition:
     """A user's cancel lands right after each claim, before the worker sends the create.
 
     Returns the store's own ``transition``, to put back."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import fakeredis
 import pytest
+import redis
 from starlette.testclient import TestClient
 
 from webhook import app as webapp
@@ -122,7 +123,7 @@ def test_list_rejects_bad_paging(client: TestClient) -> None:
 def test_missing_callback_secret_is_a_readable_start_up_error(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    settings = Settings(kling_api_key="k", api_token=TOKEN)  # type: ignore[arg-type]
+    settings = Settings(kling_api_key="k", api_token=TOKEN)
     with pytest.raises(SystemExit) as stopped:
         webapp.create_app(settings, send_task=lambda *a, **k: None)
     assert stopped.value.code == 2
@@ -133,7 +134,7 @@ def test_missing_callback_secret_is_a_readable_start_up_error(
 def test_without_an_api_token_the_web_process_refuses_to_start(
     capsys: pytest.CaptureFixture[str], token: str | None, why: str
 ) -> None:
-    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=token)  # type: ignore[arg-type]
+    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=token)
     with pytest.raises(SystemExit) as stopped:
         webapp.create_app(settings, send_task=lambda *a, **k: None)
     assert stopped.value.code == 2
@@ -146,8 +147,8 @@ def test_without_an_api_token_the_web_process_refuses_to_start(
 def test_api_auth_off_is_an_explicit_and_logged_opt_out(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(webapp.redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis())
-    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_auth="off")  # type: ignore[arg-type]
+    monkeypatch.setattr(redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis())
+    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_auth="off")
     client = TestClient(webapp.create_app(settings, send_task=lambda *a, **k: None))
     assert "API_AUTH=off" in caplog.text
     assert client.get("/chains").status_code == 200
@@ -276,10 +277,8 @@ def test_api_token_guards_the_api_but_not_callbacks_or_health(
     monkeypatch: pytest.MonkeyPatch, sent: list[tuple[str, tuple[Any, ...]]]
 ) -> None:
     server = fakeredis.FakeServer()
-    monkeypatch.setattr(
-        webapp.redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server)
-    )
-    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=TOKEN)  # type: ignore[arg-type]
+    monkeypatch.setattr(redis.Redis, "from_url", lambda *a, **k: fakeredis.FakeRedis(server=server))
+    settings = Settings(callback_secret=SECRET, kling_api_key="k", api_token=TOKEN)
     client = TestClient(
         webapp.create_app(settings, send_task=lambda name, args: sent.append((name, args)))
     )
