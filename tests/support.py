@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
@@ -17,7 +18,7 @@ import pytest
 import redis
 import requests
 
-from chainctl.devstack import Stack, start_local
+from chainctl.devstack import Stack, free_port, start_local
 
 
 class FastSettings(TypedDict):
@@ -216,3 +217,52 @@ def stop_service(service: Service) -> None:
         service.redis.delete(*keys)
     service.redis.close()
     service.http.close()
+
+
+class PersistentRedis:
+    """A private redis-server with append-only persistence, stoppable and restartable."""
+
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        subprocess.run(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--maxmemory-policy",
+                "noeviction",
+                "--daemonize",
+                "yes",
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            check=True,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if client.ping():
+                    return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN drops its own connection
+            redis.Redis.from_url(self.url).shutdown()

@@ -14,6 +14,12 @@ pipeline, the costliest way redis-py has to send two commands; ``QoS`` sends eac
 script (EVALSHA), as atomic, with the same keys and values, so kombu's own restore of unacked
 messages (``restore_visible``, ``restore_by_tag``) reads them as before.
 
+A publish that must declare its queue while Redis is away (the first one of a process to
+that queue, e.g. a task's retry) reconnects inside the declare, and kombu then publishes on
+the channel that reconnect closed: an ``AttributeError``, so Celery drops the retry.
+``Channel.basic_publish`` turns that into a connection error, which the publish's retry
+policy recovers from.
+
 Selected by Celery's documented ``broker_transport`` setting (``worker.celery``). Should kombu
 stop calling ``_create_client``, or change how it records an unacked message, the tests in
 ``tests/integration/test_broker.py`` fail.
@@ -24,6 +30,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import redis
 from kombu.transport import redis as redis_transport
 from kombu.transport import virtual
 from kombu.utils.json import dumps
@@ -86,6 +93,15 @@ class QoS(redis_transport.QoS):
 class Channel(redis_transport.Channel):
     QoS = QoS
     _one_client: Any = None
+
+    def basic_publish(self, message: Any, exchange: Any, routing_key: Any, **kwargs: Any) -> Any:
+        if self.connection is None:
+            # Closed under the publish: a declare inside it (Celery declares the task's
+            # queue) met the outage and reconnected, and kombu goes on with the channel it
+            # held before. Say so as a connection error: the publish's retry policy then
+            # reconnects and publishes on a fresh channel.
+            raise redis.ConnectionError("publish on a broker channel closed by a reconnect")
+        return super().basic_publish(message, exchange, routing_key, **kwargs)  # type: ignore[no-untyped-call]
 
     def _create_client(self, asynchronous: bool = False) -> Any:
         if asynchronous:  # the event loop's own clients: made once each already

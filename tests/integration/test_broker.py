@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import secrets
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +12,7 @@ import redis
 from kombu.connection import Connection
 from kombu.entity import Exchange, Queue
 
+from tests.support import PersistentRedis
 from worker import broker
 from worker.celery import app
 
@@ -111,3 +114,46 @@ def test_a_rejected_message_is_requeued_or_forgotten(redis_url: str) -> None:
         assert client.zscore(channel.unacked_index_key, second.delivery_tag) is None
         assert queue(channel).get(no_ack=True) is None
         queue(channel).delete()
+
+
+def test_a_publish_that_declares_its_queue_during_an_outage_lands_once(tmp_path: Path) -> None:
+    # Given a producer that has published before, and a queue it has never declared (as
+    # a task's retry goes to the queue of its task, which the process never published to)
+    server = PersistentRedis(tmp_path)
+    server.start()
+    try:
+        before = Queue("before", Exchange("before"), routing_key="before")
+        fresh = Queue("fresh", Exchange("fresh"), routing_key="fresh")
+        with Connection(server.url, transport=broker.Transport) as conn:
+            producer = conn.Producer()
+            producer.publish(
+                {"n": 0},
+                exchange=before.exchange,
+                routing_key="before",
+                declare=[before],
+                retry=True,
+            )
+            # When Redis is away as it publishes, and back 1.5 s later
+            server.stop()
+            back = threading.Timer(1.5, server.start)
+            back.start()
+            try:
+                producer.publish(
+                    {"n": 1},
+                    exchange=fresh.exchange,
+                    routing_key="fresh",
+                    declare=[fresh],
+                    retry=True,
+                    retry_policy={
+                        "max_retries": 20,
+                        "interval_start": 0.2,
+                        "interval_step": 0.5,
+                        "interval_max": 1.0,
+                    },
+                )
+            finally:
+                back.join()
+        # Then the message is in its queue, once (kombu's own transport: AttributeError)
+        assert redis.Redis.from_url(server.url).llen("fresh") == 1
+    finally:
+        server.stop()

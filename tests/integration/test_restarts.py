@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TypedDict
 
 import pytest
-import redis
 
-from chainctl.devstack import free_port
-from tests.support import Service, sha256_file, start_service, stop_service
+from tests.support import PersistentRedis, Service, sha256_file, start_service, stop_service
 
 
 class FastSettings(TypedDict):
@@ -27,55 +23,6 @@ FAST: FastSettings = {
     "submit_lease_seconds": "3",
     "recheck_after_seconds": "1",
 }
-
-
-class PersistentRedis:
-    """A private redis-server with append-only persistence, stoppable and restartable."""
-
-    def __init__(self, directory: Path) -> None:
-        self.port = free_port()
-        self.directory = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        subprocess.run(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                str(self.directory),
-                "--appendonly",
-                "yes",
-                "--appendfsync",
-                "always",
-                "--save",
-                "",
-                "--maxmemory-policy",
-                "noeviction",
-                "--daemonize",
-                "yes",
-                "--logfile",
-                str(self.directory / "redis.log"),
-            ],
-            check=True,
-        )
-        client = redis.Redis.from_url(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if client.ping():
-                    return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        with contextlib.suppress(redis.ConnectionError):  # SHUTDOWN drops its own connection
-            redis.Redis.from_url(self.url).shutdown()
 
 
 @pytest.fixture
