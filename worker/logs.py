@@ -122,14 +122,22 @@ def use_text(level: int = logging.INFO) -> None:
     warnings come out bare: uvicorn sets up its own loggers only. A root logger that already
     has a handler (``--log-config``, a test runner) is left as it is.
     """
+    handler = _stderr_on_root(level)
+    if handler is None:
+        return
+    handler.setFormatter(TextFormatter())
+    logging.captureWarnings(True)
+
+
+def _stderr_on_root(level: int) -> logging.Handler | None:
+    """The handler on stderr (at ``level``) given to a root logger that has none, or None."""
     root = logging.getLogger()
     if root.handlers:
-        return
+        return None
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(TextFormatter())
     root.addHandler(handler)
     root.setLevel(level)
-    logging.captureWarnings(True)
+    return handler
 
 
 def _access_fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -163,10 +171,8 @@ def use_json(
     the web process, which imports the Celery app only to send tasks.
     """
     formatter = JsonFormatter(service, context)
+    _stderr_on_root(level)
     root = logging.getLogger()
-    if not root.handlers:
-        root.addHandler(logging.StreamHandler(sys.stderr))
-        root.setLevel(level)
     for logger in (root, *(logging.getLogger(name) for name in loggers)):
         for handler in logger.handlers:
             if replace or not isinstance(handler.formatter, JsonFormatter):

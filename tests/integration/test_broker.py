@@ -126,30 +126,30 @@ def test_a_publish_that_declares_its_queue_during_an_outage_lands_once(tmp_path:
         fresh = Queue("fresh", Exchange("fresh"), routing_key="fresh")
         with Connection(server.url, transport=broker.Transport) as conn:
             producer = conn.Producer()
-            producer.publish(
-                {"n": 0},
-                exchange=before.exchange,
-                routing_key="before",
-                declare=[before],
-                retry=True,
-            )
+
+            def publish(queue: Queue, n: int, **retry_policy: float) -> None:
+                producer.publish(
+                    {"n": n},
+                    exchange=queue.exchange,
+                    routing_key=queue.routing_key,
+                    declare=[queue],
+                    retry=True,
+                    retry_policy=retry_policy,
+                )
+
+            publish(before, 0)
             # When Redis is away as it publishes, and back 1.5 s later
             server.stop()
             back = threading.Timer(1.5, server.start)
             back.start()
             try:
-                producer.publish(
-                    {"n": 1},
-                    exchange=fresh.exchange,
-                    routing_key="fresh",
-                    declare=[fresh],
-                    retry=True,
-                    retry_policy={
-                        "max_retries": 20,
-                        "interval_start": 0.2,
-                        "interval_step": 0.5,
-                        "interval_max": 1.0,
-                    },
+                publish(
+                    fresh,
+                    1,
+                    max_retries=20,
+                    interval_start=0.2,
+                    interval_step=0.5,
+                    interval_max=1.0,
                 )
             finally:
                 back.join()
