@@ -266,6 +266,7 @@ class Archiver:
             ),
             EventType.VIDEO_ARCHIVED,
             also=counted,
+            hint=record,  # as the claim wrote it: no read of it before the commit
         )
         return None
 
@@ -285,10 +286,11 @@ class Archiver:
         kind: EventType,
         *,
         also: Also | None = None,
+        hint: VideoRecord | None = None,
     ) -> bool:
         """Settle the record (telling its chain, if any), then announce it; False when it was
         settled already."""
-        done = self.chains.settle(video_id, change, also=also)
+        done = self.chains.settle(video_id, change, also=also, hint=hint)
         if done.changed:
             self.notify(kind, done.record, done.chain.chain if done.chain is not None else None)
         if done.chain is not None:

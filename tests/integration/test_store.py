@@ -23,7 +23,7 @@ from worker.core.chain import (
     Verdict,
     new_chain,
 )
-from worker.core.videos import archived
+from worker.core.videos import archived, claim
 from worker.state import optimistic
 from worker.state.chains import Settled, Store, Timing, UnknownChain
 from worker.state.spend import DAY_TTL, Spend, utc_day
@@ -106,6 +106,47 @@ def test_a_chain_video_settles_its_chain_once_across_concurrent_workers(store: S
     chain = store.get("c")
     assert (chain.status.value, chain.settled) == ("succeeded", ["v1"])
     assert videos.by_deadline(10) == []
+
+
+def test_a_settle_on_the_record_its_claim_wrote_reads_it_only_when_it_changed(
+    store: Store,
+) -> None:
+    # Given a chain's video record, claimed by an archive (what the claim wrote is the hint)
+    store.create(new_chain("c", Spec(video_id="v", steps=1), 1.0))
+    store.transition("c", Claim(0, "w", 60))
+    store.transition("c", Submitted(0, Task("t0", TaskStatus.SUBMITTED)))
+    done = Task("t0", TaskStatus.SUCCEED, videos=(Video("v1", "https://x/v1.mp4", 9.0),))
+    store.transition("c", TaskUpdate(0, done))
+    videos = Videos(store.redis, prefix=store.keys.prefix)
+    claimed, _ = videos.update("v1", lambda r: claim(r, "archiver", 2.0, 60))
+    assert claimed is not None
+    reads: list[str] = []
+    real_get = store.redis.get
+
+    def counted_get(name: Any) -> Any:
+        reads.append(str(name))
+        return real_get(name)
+
+    def done_at(now: float) -> Any:
+        return lambda r: archived(r, location="/a/v1.mp4", size=1, sha256="x", host="h", now=now)
+
+    store.redis.get = counted_get  # type: ignore[method-assign]
+    try:
+        # When the download ends: the settle decides on the hint, reading only the chain
+        out = store.settle("v1", done_at(3.0), hint=claimed)
+    finally:
+        store.redis.get = real_get  # type: ignore[method-assign]
+    assert out.changed
+    assert out.chain is not None
+    assert out.chain.ended
+    assert [r.rsplit(":", 2)[-2] for r in reads] == ["chain"]
+    assert store.get("c").settled == ["v1"]
+    # A hint that is no longer what is stored is found out at the commit: nothing settles twice
+    again = store.settle("v1", done_at(4.0), hint=claimed)
+    assert not again.changed
+    record = videos.get("v1")
+    assert record is not None
+    assert record.archived_at == 3.0
 
 
 def test_a_step_is_counted_once_in_the_day_however_often_its_end_is_applied(

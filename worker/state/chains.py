@@ -270,10 +270,12 @@ class Store:
         change: Callable[[VideoRecord], VideoRecord],
         *,
         also: Also | None = None,
+        hint: VideoRecord | None = None,
     ) -> Settled:
         """Apply ``change`` (``archived``, ``lost``) to a video record atomically; when that
         settles a chain's video, the chain learns it (``VideoSettled``) in the same commit.
-        ``also``: as in ``transition``."""
+        ``also``: as in ``transition``. ``hint``: the record as the caller last wrote it
+        (the archive's claim), taken as the first read (``optimistic``)."""
 
         def decide(raw: bytes | None, read: Read) -> tuple[Writes | None, Settled]:
             more = also(read) if also is not None else None
@@ -297,7 +299,8 @@ class Store:
 
             return joined(writes, more), Settled(new, True, out)
 
-        return optimistic(self.redis, self.keys.video(video_id), decide)
+        first = hint.to_json().encode() if hint is not None else None
+        return optimistic(self.redis, self.keys.video(video_id), decide, hint=first)
 
     def _evolve(
         self, raw: bytes, event: Event, read: Read
