@@ -5,6 +5,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -48,6 +49,23 @@ def store(client: redis.Redis) -> Iterator[Store]:
         client.delete(*keys)
 
 
+@contextmanager
+def counted_gets(store: Store) -> Iterator[list[str]]:
+    """The keys the store GETs meanwhile, in order."""
+    reads: list[str] = []
+    real_get = store.redis.get
+
+    def counted_get(name: Any) -> Any:
+        reads.append(str(name))
+        return real_get(name)
+
+    store.redis.get = counted_get  # type: ignore[method-assign]
+    try:
+        yield reads
+    finally:
+        store.redis.get = real_get  # type: ignore[method-assign]
+
+
 def hammer(n: int, work: object) -> list[object]:
     results: list[object] = []
     barrier = threading.Barrier(n)
@@ -83,14 +101,19 @@ def test_many_concurrent_successes_yield_one_next_step(store: Store) -> None:
     assert len(store.get("c").steps) == 2
 
 
-def test_a_chain_video_settles_its_chain_once_across_concurrent_workers(store: Store) -> None:
-    # Given a one-step chain whose step succeeded: its video's record registered with it
+def succeeded_one_step_chain(store: Store) -> Videos:
+    """Chain "c", one step, succeeded with video "v1": its record registered, not settled."""
     store.create(new_chain("c", Spec(video_id="v", steps=1), 1.0))
     store.transition("c", Claim(0, "w", 60))
     store.transition("c", Submitted(0, Task("t0", TaskStatus.SUBMITTED)))
     done = Task("t0", TaskStatus.SUCCEED, videos=(Video("v1", "https://x/v1.mp4", 9.0),))
     store.transition("c", TaskUpdate(0, done))
-    videos = Videos(store.redis, prefix=store.keys.prefix)
+    return Videos(store.redis, prefix=store.keys.prefix)
+
+
+def test_a_chain_video_settles_its_chain_once_across_concurrent_workers(store: Store) -> None:
+    # Given a one-step chain whose step succeeded: its video's record registered with it
+    videos = succeeded_one_step_chain(store)
     assert [r.chain_id for r in videos.by_deadline(10)] == ["c"]
 
     # When twelve workers mark it archived at once
@@ -112,30 +135,16 @@ def test_a_settle_on_the_record_its_claim_wrote_reads_it_only_when_it_changed(
     store: Store,
 ) -> None:
     # Given a chain's video record, claimed by an archive (what the claim wrote is the hint)
-    store.create(new_chain("c", Spec(video_id="v", steps=1), 1.0))
-    store.transition("c", Claim(0, "w", 60))
-    store.transition("c", Submitted(0, Task("t0", TaskStatus.SUBMITTED)))
-    done = Task("t0", TaskStatus.SUCCEED, videos=(Video("v1", "https://x/v1.mp4", 9.0),))
-    store.transition("c", TaskUpdate(0, done))
-    videos = Videos(store.redis, prefix=store.keys.prefix)
+    videos = succeeded_one_step_chain(store)
     claimed, _ = videos.update("v1", lambda r: claim(r, "archiver", 2.0, 60))
     assert claimed is not None
-    reads: list[str] = []
-    real_get = store.redis.get
-
-    def counted_get(name: Any) -> Any:
-        reads.append(str(name))
-        return real_get(name)
 
     def done_at(now: float) -> Any:
         return lambda r: archived(r, location="/a/v1.mp4", size=1, sha256="x", host="h", now=now)
 
-    store.redis.get = counted_get  # type: ignore[method-assign]
-    try:
+    with counted_gets(store) as reads:
         # When the download ends: the settle decides on the hint, reading only the chain
         out = store.settle("v1", done_at(3.0), hint=claimed)
-    finally:
-        store.redis.get = real_get  # type: ignore[method-assign]
     assert out.changed
     assert out.chain is not None
     assert out.chain.ended
@@ -257,17 +266,9 @@ def test_a_transition_after_a_read_takes_that_read_as_its_first(store: Store) ->
     chain = new_chain("c", Spec(video_id="v", steps=2), 1.0)
     store.create(chain)
     store.get("c")
-    reads: list[str] = []
-    real_get = store.redis.get
-
-    def counted_get(name: Any) -> Any:
-        reads.append(str(name))
-        return real_get(name)
-
-    store.redis.get = counted_get  # type: ignore[method-assign]
-    store.transition("c", Claim(0, "w1", 60))  # on the document get() read
-    store.transition("c", Release(0, "w1"))  # on the one the claim wrote
-    store.redis.get = real_get  # type: ignore[method-assign]
+    with counted_gets(store) as reads:
+        store.transition("c", Claim(0, "w1", 60))  # on the document get() read
+        store.transition("c", Release(0, "w1"))  # on the one the claim wrote
     assert [r for r in reads if r.endswith(":chain:c")] == []
     assert store.get("c").step(0).owner is None
     # Another writer in between: the transition finds out and decides on what is there
