@@ -127,13 +127,21 @@ def redact_path(path: str) -> str:
     return _CALLBACK_TOKEN.sub(r"\1<token>", path)
 
 
-class RedactCallbackTokens(logging.Filter):
-    """Keep callback tokens out of uvicorn's access log, which prints whole paths."""
+class CallbackAccessLines(logging.Filter):
+    """uvicorn's access log, for callbacks: a callback answered 2xx has no access line, as
+    the web's own ``callback.received`` or ``callback.archive`` line already tells of it,
+    and under a storm of callbacks the second line is a fair share of the web's CPU. The
+    others keep theirs, with the token masked (uvicorn prints whole paths)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
         if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
-            record.args = (*args[:2], redact_path(args[2]), *args[3:])
+            path = args[2]
+            if path.startswith("/callbacks/") and len(args) == 5:
+                status = args[4]
+                if isinstance(status, int) and 200 <= status < 300:
+                    return False
+            record.args = (*args[:2], redact_path(path), *args[3:])
         return True
 
 
@@ -353,6 +361,7 @@ class Web:
         fast = webhook_id is None  # unsigned: nothing to deduplicate before queueing
         known: bool | None = None  # None: not looked up, and not counted yet
         later: BackgroundTask | None = None
+        duplicate = False  # a repeat delivery of a signed message already taken
         if fast and candidate is not None and task.status.value in EARLY_STATUSES:
             known = await self._look_up(chain_id, index, candidate, count=True)
         if known:
@@ -365,17 +374,21 @@ class Web:
         elif not (fast and await self._count_and_enqueue(succeeded, REFRESH_STEP, refresh, known)):
             if known is None:
                 await self._count_callback(CallbackOutcome.ACCEPTED, succeeded)
-            if not await self.signed.first(webhook_id):
-                return JSONResponse({"ok": True, "duplicate": True})
-            async with self.signed.taken(webhook_id):
-                await self.enqueue(REFRESH_STEP, *refresh)
+            duplicate = not await self.signed.first(webhook_id)
+            if not duplicate:
+                async with self.signed.taken(webhook_id):
+                    await self.enqueue(REFRESH_STEP, *refresh)
         log.info(
             "callback %s/%s: task %s %s%s",
             chain_id,
             index,
             task.task_id,
             task.status,
-            " (the step has it: nothing queued)" if known else "",
+            " (a repeat delivery: nothing queued)"
+            if duplicate
+            else " (the step has it: nothing queued)"
+            if known
+            else "",
             extra={
                 "chain_id": chain_id,
                 "step": index,
@@ -383,6 +396,8 @@ class Web:
                 "event": "callback.received",
             },
         )
+        if duplicate:
+            return JSONResponse({"ok": True, "duplicate": True})
         return JSONResponse({"ok": True}, background=later)
 
     async def _look_again(self, refresh: tuple[Any, ...]) -> None:
@@ -421,19 +436,21 @@ class Web:
             await self._count_callback(CallbackOutcome.MALFORMED)
             return error(400, "task_id must be 1-128 characters of letters, digits, _ . -")
         await self._count_callback(CallbackOutcome.ACCEPTED)
-        if not await self.signed.first(webhook_id):
-            return JSONResponse({"ok": True, "queued": False, "duplicate": True})
+        duplicate = not await self.signed.first(webhook_id)
         queued = False
-        if task.status.terminal:  # earlier statuses carry no video; the final one will come
+        if task.status.terminal and not duplicate:  # earlier statuses carry no video
             async with self.signed.taken(webhook_id):
                 queued = await self._queue_archive(kind, task.task_id, "callback")
         log.info(
-            "archive callback: %s task %s %s",
+            "archive callback: %s task %s %s%s",
             kind,
             task.task_id,
             task.status,
+            " (a repeat delivery: nothing queued)" if duplicate else "",
             extra={"task_id": task.task_id, "event": "callback.archive"},
         )
+        if duplicate:
+            return JSONResponse({"ok": True, "queued": False, "duplicate": True})
         return JSONResponse({"ok": True, "queued": queued})
 
     async def _callback_task(self, request: Request) -> tuple[Task, str | None]:
@@ -771,8 +788,8 @@ def create_app(settings: Settings | None = None, send_task: Any = None) -> Starl
             "this port; keep it on a private network"
         )
     access = logging.getLogger("uvicorn.access")
-    if not any(isinstance(f, RedactCallbackTokens) for f in access.filters):
-        access.addFilter(RedactCallbackTokens())
+    if not any(isinstance(f, CallbackAccessLines) for f in access.filters):
+        access.addFilter(CallbackAccessLines())
     built = wiring.state(settings)
     broker = None
     if send_task is None:

@@ -91,10 +91,14 @@ def test_callback_tokens_never_reach_the_web_log(service: Service) -> None:
     secret = service.env["CALLBACK_SECRET"].encode()
     archive_token = tokens.sign_archive(secret, "text2video")
     requests.post(f"{service.api}/callbacks/archive/text2video/{archive_token}", json={}, timeout=5)
+    refused = f"{service.api}/callbacks/{chain['id']}/0/{tokens.sign(secret, chain['id'], 0)}"
+    assert requests.post(refused, data=b"not json", timeout=5).status_code == 400
     time.sleep(0.5)  # the access log line is written after the reply
     log = service.stack.tail("web", lines=100_000)
-    assert f"/callbacks/{chain['id']}/0/<token>" in log  # the access log is on, redacted
+    # the access log is on, redacted, for callbacks refused; one accepted has the web's line
+    assert f'"POST /callbacks/{chain["id"]}/0/<token> HTTP/1.1" 400' in log
     assert "/callbacks/archive/text2video/<token>" in log
+    assert f"callback {chain['id']}/0: task {chain['steps'][0]['task_id']}" in log
     for index in range(len(chain["steps"])):
         assert tokens.sign(secret, chain["id"], index) not in log
     assert archive_token not in log

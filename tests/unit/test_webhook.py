@@ -228,22 +228,39 @@ def test_callback_tokens_are_redacted_from_logged_paths(path: str, logged: str) 
     assert webapp.redact_path(path) == logged
 
 
-def test_uvicorns_access_log_never_shows_a_callback_token(client: TestClient) -> None:
-    access = logging.getLogger("uvicorn.access")
-    record = access.makeRecord(
+def access_record(path: str, status: int) -> logging.LogRecord:
+    """An access line as uvicorn makes it, through the filters the web put on its logger."""
+    return logging.getLogger("uvicorn.access").makeRecord(
         "uvicorn.access",
         logging.INFO,
         __file__,
         1,
         '%s - "%s %s HTTP/%s" %d',
-        ("127.0.0.1:5000", "POST", callback_path(), "1.1", 200),
+        ("127.0.0.1:5000", "POST", path, "1.1", status),
         None,
     )
-    for f in access.filters:
-        f.filter(record)  # type: ignore[union-attr]
+
+
+def passes(record: logging.LogRecord) -> bool:
+    return all(f.filter(record) for f in logging.getLogger("uvicorn.access").filters)  # type: ignore[union-attr]
+
+
+def test_uvicorns_access_log_never_shows_a_callback_token(client: TestClient) -> None:
+    record = access_record(callback_path(), 403)
+    assert passes(record)
     line = record.getMessage()
     assert tokens.sign(SECRET.encode(), "c1", 0) not in line
     assert "/callbacks/c1/0/<token>" in line
+
+
+def test_a_callback_answered_2xx_has_no_access_line_beside_the_webs_own(
+    client: TestClient,
+) -> None:
+    assert not passes(access_record(callback_path(), 200))
+    assert not passes(access_record(archive_callback(), 200))
+    assert passes(access_record(callback_path(), 400))
+    assert passes(access_record(callback_path(), 503))
+    assert passes(access_record("/chains", 201))  # other routes keep every line
 
 
 def archive_callback(kind: str = "text2video") -> str:

@@ -254,13 +254,20 @@ def test_a_storm_is_reported_with_its_count_once_the_quiet_period_is_over() -> N
 
 
 # -- dedupe ------------------------------------------------------------------------------------
-def test_a_repeated_delivery_is_200_and_enqueued_once(client: TestClient, sent: Sent) -> None:
+def test_a_repeated_delivery_is_200_and_enqueued_once(
+    client: TestClient, sent: Sent, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="webhook.app")
     first = post(client, signed(msg_id="msg_a"))
     again = [post(client, signed(msg_id="msg_a")) for _ in range(5)]  # re-signed, same id
     assert first.json() == {"ok": True}
     assert {r.status_code for r in again} == {200}
     assert all(r.json() == {"ok": True, "duplicate": True} for r in again)
     assert sent == [(REFRESH_STEP, ("c1", 0, "t1", None, "succeed"))]
+    # each delivery has its line, as its access line is left out (a 2xx callback)
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "callback.received"]
+    assert len(lines) == 6
+    assert sum("a repeat delivery" in r.getMessage() for r in lines) == 5
 
 
 def test_different_messages_are_each_enqueued(client: TestClient, sent: Sent) -> None:
@@ -313,8 +320,9 @@ def test_a_delivery_whose_enqueue_failed_is_acted_on_when_it_comes_again(
 
 # -- the account-wide archive route ------------------------------------------------------------
 def test_archive_callbacks_are_signed_checked_and_deduplicated(
-    client: TestClient, sent: Sent
+    client: TestClient, sent: Sent, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="webhook.app")
     refused(post(client, {"content-type": "application/json"}, to=archive_path()), "not signed")
     refused(post(client, signed(key=OTHER_KEY), to=archive_path()), "no signature matches")
     assert sent == []
@@ -323,6 +331,8 @@ def test_archive_callbacks_are_signed_checked_and_deduplicated(
     again = post(client, signed(msg_id="msg_z"), to=archive_path())
     assert again.json() == {"ok": True, "queued": False, "duplicate": True}
     assert sent == [(IMPORT_TASK, ("video-extend", "t1", "callback"))]
+    lines = [r for r in caplog.records if getattr(r, "event", None) == "callback.archive"]
+    assert ["a repeat delivery" in r.getMessage() for r in lines] == [False, True]
 
 
 # -- without a secret --------------------------------------------------------------------------
