@@ -737,8 +737,10 @@ class Runner:
         items = self.store.take_due(now=self.clock(), hold=hold)
         # A step a callback said succeeded a moment ago looks quiet only because the refresh
         # queued with that callback waits behind others: a poll queued behind it would find
-        # the step ended, and only make the backlog longer. Polled once POLL_AFTER_SECONDS
-        # have passed all the same, should that refresh be lost.
+        # the step ended, and only make the backlog longer. Polled all the same, should that
+        # refresh be lost, once POLL_AFTER_SECONDS have passed plus the latest turnaround
+        # (how long such a refresh waits to run now: a backlog longer than the ceiling would
+        # otherwise have a stale poll queued behind every refresh it holds).
         announced = self.metrics.announced(
             [(d.chain_id, d.index) for d in items if d.work is Work.POLL],
             within=s.poll_after_seconds,

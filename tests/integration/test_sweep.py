@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.unit.test_polling_runner import Rig, make_rig, sweep_behind_a_success_callback
+from tests.unit.test_polling_runner import (
+    Rig,
+    make_rig,
+    sweep_behind_a_long_backlog,
+    sweep_behind_a_success_callback,
+)
 
 
 @pytest.fixture
@@ -29,3 +34,10 @@ def test_the_sweep_sends_no_poll_behind_the_refresh_of_a_success_callback(
     live_rig: Rig, announced: bool
 ) -> None:
     sweep_behind_a_success_callback(live_rig, announced=announced)
+
+
+@pytest.mark.parametrize("announced", [False, True])
+def test_under_a_backlog_longer_than_the_ceiling_the_sweep_waits_as_long_as_refreshes_do(
+    live_rig: Rig, announced: bool
+) -> None:
+    sweep_behind_a_long_backlog(live_rig, announced=announced)

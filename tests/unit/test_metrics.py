@@ -185,6 +185,27 @@ def test_steps_announced_are_those_a_success_callback_named_lately(
     assert figures.announced([], within=30) == set()
 
 
+def test_an_announcement_lasts_as_much_longer_as_the_latest_turnaround_took(
+    figures: Metrics, client: fakeredis.FakeRedis, clock: Clock
+) -> None:
+    # Given a backlog: the refresh of a success callback waited 40 s to create the next step
+    figures.callback(CallbackOutcome.ACCEPTED, succeeded=("busy", 0))
+    clock.now += 40
+    figures.created("video-extend", CreateOutcome.ACCEPTED, chain_id="busy", index=1)
+    assert float(client.get(KEYS.turnaround_last) or 0) == pytest.approx(40)
+    assert 0 < client.ttl(KEYS.turnaround_last) <= 3600
+    # When another step's success callback is 50 s old
+    figures.callback(CallbackOutcome.ACCEPTED, succeeded=("c", 0))
+    clock.now += 50
+    # Then it still counts as announced within 30 s (its refresh may wait 40 s more), not 10
+    assert figures.announced([("c", 0)], within=30) == {("c", 0)}
+    assert figures.announced([("c", 0)], within=9) == set()
+    # and a value that is not a time adds nothing
+    for junk in ("not a time", "-5", "inf", "nan"):
+        client.set(KEYS.turnaround_last, junk)
+        assert figures.announced([("c", 0)], within=30) == set()
+
+
 def test_turnaround_runs_from_the_first_success_callback_to_the_next_accepted_create(
     figures: Metrics, clock: Clock
 ) -> None:

@@ -295,3 +295,35 @@ def sweep_behind_a_success_callback(rig: Rig, *, announced: bool) -> None:
     rig.clock.now += 120
     assert rig.runner.sweep() == 1
     assert sent == [(REFRESH_STEP, (cid, 0))]
+
+
+@pytest.mark.parametrize("announced", [False, True])
+def test_under_a_backlog_longer_than_the_ceiling_the_sweep_waits_as_long_as_refreshes_do(
+    rig: Rig, announced: bool
+) -> None:
+    sweep_behind_a_long_backlog(rig, announced=announced)
+
+
+def sweep_behind_a_long_backlog(rig: Rig, *, announced: bool) -> None:
+    """A backlog in which a success callback's refresh waits 300 s to run, longer than
+    POLL_AFTER_SECONDS (120): a poll the sweep queued at 120 s would run behind that
+    refresh and find its step ended. Held back until the ceiling plus that wait."""
+    sent: list[tuple[str, tuple[Any, ...]]] = []
+    rig.runner.enqueue = lambda name, args: sent.append((name, args))
+    cid = rig.start()
+    rig.store.redis.set(rig.store.keys.turnaround_last, "300")  # what the latest create saw
+    if announced:
+        web = Metrics(rig.store.redis, rig.store.keys, clock=rig.clock)
+        web.callback(CallbackOutcome.ACCEPTED, succeeded=(cid, 0))
+    for at in (121, 242, 363):  # the sweep looks again each POLL_AFTER_SECONDS (take_due)
+        rig.store.redis.delete(rig.store.keys.sweep_lock)
+        rig.clock.now += 121
+        assert rig.runner.sweep() == (0 if announced else 1), at
+        if not announced:  # no callback said the step ended: polled at the ceiling, as ever
+            assert sent == [(REFRESH_STEP, (cid, 0))]
+            return
+    # 484 s after the callback, past 120 + 300: that refresh is late, so the step is polled
+    rig.store.redis.delete(rig.store.keys.sweep_lock)
+    rig.clock.now += 121
+    assert rig.runner.sweep() == 1
+    assert sent == [(REFRESH_STEP, (cid, 0))]

@@ -158,6 +158,13 @@ class Keys:
         to poll the step while that callback's refresh is queued (``Runner.sweep``)."""
         return f"{self.prefix}metrics:arrived:{chain_id}:{index}"
 
+    @property
+    def turnaround_last(self) -> str:
+        """Seconds the latest measured turnaround took (``callback_arrived`` to the next
+        create): how long a success callback's refresh waits to run now, which is how long
+        the sweep holds a poll of its step back beyond POLL_AFTER_SECONDS (``Runner.sweep``)."""
+        return f"{self.prefix}metrics:turnaround-last"
+
     # -- adaptive polling (worker.core.polling) ----------------------------------------------
     def task_durations(self, kind: str) -> str:
         """List of the latest seconds tasks of ``kind`` took, newest first (the polling
@@ -252,6 +259,9 @@ RETENTION: dict[str, Life] = {
     "chain_counts_ready": Life(Kept.BOUNDED, "metrics:chains:counted", "one flag"),
     "refused_minute": Life(Kept.EXPIRES, "metrics:refused:*", "two hours (MINUTE_TTL)"),
     "callback_arrived": Life(Kept.EXPIRES, "metrics:arrived:*", "an hour (ARRIVAL_TTL)"),
+    "turnaround_last": Life(
+        Kept.EXPIRES, "metrics:turnaround-last", "an hour after the latest (ARRIVAL_TTL)"
+    ),
     "task_durations": Life(
         Kept.EXPIRES,
         "poll:durations:*",

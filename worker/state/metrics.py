@@ -176,8 +176,10 @@ class Metrics:
             def writes(pipe: Any) -> None:
                 self._add(pipe, CREATES.name, (kind, CreateOutcome.ACCEPTED.value))
                 if arrival is not None and arrived is not None:
+                    took = now - float(arrived)
                     pipe.delete(arrival)
-                    observe(pipe, self.keys, TURNAROUND, now - float(arrived))
+                    observe(pipe, self.keys, TURNAROUND, took)
+                    pipe.set(self.keys.turnaround_last, repr(took), ex=ARRIVAL_TTL)
 
             return writes
 
@@ -208,13 +210,16 @@ class Metrics:
 
     def announced(self, steps: Sequence[tuple[str, int]], *, within: float) -> set[tuple[str, int]]:
         """The steps among ``steps`` (chain, index) that a callback said succeeded less than
-        ``within`` seconds ago (``queue_callback``), and whose next step has not been
-        created since (that create takes the arrival): the web queued the callback's
-        refresh with it, and the refresh may still be waiting to run."""
+        ``within`` seconds ago (``queue_callback``), plus the latest turnaround (how long
+        such a callback's refresh waits to run now, under a backlog), and whose next step
+        has not been created since (that create takes the arrival): the web queued the
+        callback's refresh with it, and the refresh may still be waiting to run."""
         if not steps:
             return set()
-        raws = self.redis.mget([self.keys.callback_arrived(*step) for step in steps])
+        keys = [self.keys.turnaround_last, *(self.keys.callback_arrived(*s) for s in steps)]
+        waited, *raws = self.redis.mget(keys)
         now = self.clock()
+        within += _seconds_in(waited)
         return {step for step, raw in zip(steps, raws, strict=True) if _since(raw, now) < within}
 
     def queried(self, outcome: QueryOutcome) -> None:
@@ -328,6 +333,15 @@ class Metrics:
             return True
         log.warning("metrics: the chains kept changing while counted; kc_chains left out")
         return False
+
+
+def _seconds_in(raw: bytes | str | None) -> float:
+    """The non-negative, finite seconds ``raw`` holds (``Keys.turnaround_last``), else 0."""
+    try:
+        value = float(raw) if raw is not None else 0.0
+    except ValueError:
+        return 0.0
+    return value if 0.0 <= value < math.inf else 0.0
 
 
 def _since(raw: bytes | str | None, now: float) -> float:
