@@ -378,17 +378,17 @@ class Web:
             if not duplicate:
                 async with self.signed.taken(webhook_id):
                     await self.enqueue(REFRESH_STEP, *refresh)
+        if duplicate:
+            aside = " (a repeat delivery: nothing queued)"
+        else:
+            aside = " (the step has it: nothing queued)" if known else ""
         log.info(
             "callback %s/%s: task %s %s%s",
             chain_id,
             index,
             task.task_id,
             task.status,
-            " (a repeat delivery: nothing queued)"
-            if duplicate
-            else " (the step has it: nothing queued)"
-            if known
-            else "",
+            aside,
             extra={
                 "chain_id": chain_id,
                 "step": index,
