@@ -284,7 +284,9 @@ class Runner:
                 return self.settings.slot_poll_seconds  # unless a release hands one over first
         try:
             request = self._request(out.chain, step)
-            task, counted = self._create(kind, request, chain_id, index)
+            # When the previous step's end was recorded: its success callback's refresh ran.
+            ran = out.chain.step(index - 1).ended_at if index > 0 else None
+            task, counted = self._create(kind, request, chain_id, index, ran)
         except InvalidRequest as exc:
             self._apply(chain_id, SubmitFailed(index, describe(exc)))
             return None
@@ -330,7 +332,12 @@ class Runner:
         return None
 
     def _create(
-        self, kind: TaskKind, request: ExtendRequest | Text2VideoRequest, chain_id: str, index: int
+        self,
+        kind: TaskKind,
+        request: ExtendRequest | Text2VideoRequest,
+        chain_id: str,
+        index: int,
+        refreshed: float | None,
     ) -> tuple[Task, Also]:
         """Send the create, counted by its outcome (``kc_creates_total``); raises as the
         client does. An accepted one's count comes back as writes for the commit that
@@ -342,7 +349,9 @@ class Runner:
         except KlingError as exc:
             self.metrics.created(kind.value, create_outcome(exc), chain_id=chain_id, index=index)
             raise
-        return task, self.metrics.accepted(kind.value, chain_id=chain_id, index=index)
+        return task, self.metrics.accepted(
+            kind.value, chain_id=chain_id, index=index, refreshed=refreshed
+        )
 
     # -- reconcile a create whose reply was lost -----------------------------------------------
     def _reconcile(self, chain_id: str, step: Step, kind: TaskKind) -> Answer:

@@ -185,15 +185,15 @@ def test_steps_announced_are_those_a_success_callback_named_lately(
     assert figures.announced([], within=30) == set()
 
 
-def test_an_announcement_lasts_as_much_longer_as_the_latest_turnaround_took(
+def test_an_announcement_lasts_as_much_longer_as_the_latest_refresh_waited(
     figures: Metrics, client: fakeredis.FakeRedis, clock: Clock
 ) -> None:
     # Given a backlog: the refresh of a success callback waited 40 s to create the next step
     figures.callback(CallbackOutcome.ACCEPTED, succeeded=("busy", 0))
     clock.now += 40
     figures.created("video-extend", CreateOutcome.ACCEPTED, chain_id="busy", index=1)
-    assert float(client.get(KEYS.turnaround_last) or 0) == pytest.approx(40)
-    assert 0 < client.ttl(KEYS.turnaround_last) <= 3600
+    assert float(client.get(KEYS.refresh_wait_last) or 0) == pytest.approx(40)
+    assert 0 < client.ttl(KEYS.refresh_wait_last) <= 3600
     # When another step's success callback is 50 s old
     figures.callback(CallbackOutcome.ACCEPTED, succeeded=("c", 0))
     clock.now += 50
@@ -202,8 +202,34 @@ def test_an_announcement_lasts_as_much_longer_as_the_latest_turnaround_took(
     assert figures.announced([("c", 0)], within=9) == set()
     # and a value that is not a time adds nothing
     for junk in ("not a time", "-5", "inf", "nan"):
-        client.set(KEYS.turnaround_last, junk)
+        client.set(KEYS.refresh_wait_last, junk)
         assert figures.announced([("c", 0)], within=30) == set()
+
+
+def test_a_wait_for_a_slot_or_the_budget_after_the_claim_is_no_refresh_wait(
+    figures: Metrics, client: fakeredis.FakeRedis, clock: Clock
+) -> None:
+    # Given a success callback whose refresh recorded the step's end 2 s later, and the next
+    # step then waited 10 minutes for a slot (or the budget) before its create was accepted
+    figures.callback(CallbackOutcome.ACCEPTED, succeeded=("held", 0))
+    ran = clock.now + 2
+    clock.now += 600
+    figures.created("video-extend", CreateOutcome.ACCEPTED, chain_id="held", index=1, refreshed=ran)
+    # Then the turnaround, as users see it, is the 10 minutes; the refresh waited 2 s
+    assert read(figures).histograms[TURNAROUND.name].sum == pytest.approx(600)
+    assert float(client.get(KEYS.refresh_wait_last) or 0) == pytest.approx(2)
+    # and another step's success callback is no longer announced 2 minutes on (2 + 60 s)
+    figures.callback(CallbackOutcome.ACCEPTED, succeeded=("c", 0))
+    clock.now += 120
+    assert figures.announced([("c", 0)], within=60) == set()
+    # An end recorded before the callback arrived (a poll learnt of it first) waited 0 s
+    figures.callback(CallbackOutcome.ACCEPTED, succeeded=("early", 0))
+    clock.now += 5
+    early = clock.now - 9
+    figures.created(
+        "video-extend", CreateOutcome.ACCEPTED, chain_id="early", index=1, refreshed=early
+    )
+    assert float(client.get(KEYS.refresh_wait_last) or 0) == 0
 
 
 def test_turnaround_runs_from_the_first_success_callback_to_the_next_accepted_create(

@@ -311,7 +311,7 @@ def sweep_behind_a_long_backlog(rig: Rig, *, announced: bool) -> None:
     sent: list[tuple[str, tuple[Any, ...]]] = []
     rig.runner.enqueue = lambda name, args: sent.append((name, args))
     cid = rig.start()
-    rig.store.redis.set(rig.store.keys.turnaround_last, "300")  # what the latest create saw
+    rig.store.redis.set(rig.store.keys.refresh_wait_last, "300")  # the latest refresh waited
     if announced:
         web = Metrics(rig.store.redis, rig.store.keys, clock=rig.clock)
         web.callback(CallbackOutcome.ACCEPTED, succeeded=(cid, 0))

@@ -13,6 +13,8 @@ from kling.errors import AmbiguousCreate, RetryableError
 from kling.models import Task, TaskStatus, Video
 from worker.core import slots
 from worker.core.chain import AwaitSlot, Chain, ChainStatus, Spec, StepStatus, apply, new_chain
+from worker.core.metrics import TURNAROUND, CallbackOutcome
+from worker.state.metrics import Metrics
 from worker.state.slots import Acquired, Slots
 from worker.tasknames import SUBMIT_STEP
 
@@ -255,3 +257,32 @@ def test_the_sweep_reclaims_slots_whose_step_no_longer_holds_one(tmp_path: Path)
     rig.store.redis.set(rig.store.keys.chain(b), cancelled.to_json())
     rig.runner.sweep_slots()
     assert gate.waiters() == []
+
+
+def test_a_wait_for_a_slot_does_not_count_as_a_refresh_waiting_to_run(tmp_path: Path) -> None:
+    """The sweep holds a poll of an announced step back by how long refreshes wait to run
+    (``Keys.refresh_wait_last``): a step waiting for a slot after its claim must not stretch
+    that, or a lost refresh would be polled up to an hour late."""
+    rig = gated(tmp_path)
+    now = [NOW]
+    rig.runner.clock = rig.store.clock = rig.runner.metrics.clock = lambda: now[0]
+    a, c = start(rig, "ca"), start(rig, "cc")
+    assert rig.runner.submit(a, 0, owner="x") is None
+    assert rig.runner.submit(c, 0, owner="y") is not None  # waits: a holds the one slot
+    # Given a's step 0 said to have succeeded by a callback, and its refresh 1 s later
+    web = Metrics(rig.store.redis, rig.store.keys, clock=lambda: now[0])
+    web.callback(CallbackOutcome.ACCEPTED, succeeded=(a, 0))
+    now[0] += 1
+    finish(rig, a, 0)
+    # When c takes the freed slot first, a's step 1 waits for 10 minutes before its create
+    assert rig.runner.submit(c, 0, owner="y2") is None
+    assert rig.runner.submit(a, 1, owner="z") is not None
+    now[0] += 600
+    finish(rig, c, 0)
+    assert rig.runner.submit(a, 1, owner="z2") is None
+    assert rig.store.get(a).step(1).status is StepStatus.SUBMITTED
+    # Then the turnaround is the 601 s a user waited, and the refresh's wait the 1 s
+    assert web.read(queues=(), warn_window=3600).histograms[TURNAROUND.name].sum == pytest.approx(
+        601
+    )
+    assert float(rig.store.redis.get(rig.store.keys.refresh_wait_last) or 0) == pytest.approx(1)

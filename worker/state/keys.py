@@ -159,11 +159,13 @@ class Keys:
         return f"{self.prefix}metrics:arrived:{chain_id}:{index}"
 
     @property
-    def turnaround_last(self) -> str:
-        """Seconds the latest measured turnaround took (``callback_arrived`` to the next
-        create): how long a success callback's refresh waits to run now, which is how long
-        the sweep holds a poll of its step back beyond POLL_AFTER_SECONDS (``Runner.sweep``)."""
-        return f"{self.prefix}metrics:turnaround-last"
+    def refresh_wait_last(self) -> str:
+        """Seconds from the latest measured turnaround's start (``callback_arrived``) to the
+        commit that recorded the step's end: how long a success callback's refresh waits to
+        run now, which is how long the sweep holds a poll of its step back beyond
+        POLL_AFTER_SECONDS (``Runner.sweep``). A wait for a slot or the budget comes after
+        that commit: a step held back by one does not hold the sweep back too."""
+        return f"{self.prefix}metrics:refresh-wait-last"
 
     # -- adaptive polling (worker.core.polling) ----------------------------------------------
     def task_durations(self, kind: str) -> str:
@@ -259,8 +261,8 @@ RETENTION: dict[str, Life] = {
     "chain_counts_ready": Life(Kept.BOUNDED, "metrics:chains:counted", "one flag"),
     "refused_minute": Life(Kept.EXPIRES, "metrics:refused:*", "two hours (MINUTE_TTL)"),
     "callback_arrived": Life(Kept.EXPIRES, "metrics:arrived:*", "an hour (ARRIVAL_TTL)"),
-    "turnaround_last": Life(
-        Kept.EXPIRES, "metrics:turnaround-last", "an hour after the latest (ARRIVAL_TTL)"
+    "refresh_wait_last": Life(
+        Kept.EXPIRES, "metrics:refresh-wait-last", "an hour after the latest (ARRIVAL_TTL)"
     ),
     "task_durations": Life(
         Kept.EXPIRES,

@@ -140,13 +140,22 @@ class Metrics:
         pipe.hincrby(self.keys.metric(family), label_field(labels), by)
 
     # -- counting ----------------------------------------------------------------------------
-    def created(self, kind: str, outcome: CreateOutcome, *, chain_id: str, index: int) -> None:
+    def created(
+        self,
+        kind: str,
+        outcome: CreateOutcome,
+        *,
+        chain_id: str,
+        index: int,
+        refreshed: float | None = None,
+    ) -> None:
         """A create request's outcome. An accepted one ends the step turnaround begun by the
         callback that said the previous step succeeded, if one did (``accepted``, with the
         arrival taken at once instead of in the commit that records the task)."""
         if outcome is CreateOutcome.ACCEPTED:
             try:
-                writes = self.accepted(kind, chain_id=chain_id, index=index)(self._take)
+                accepted = self.accepted(kind, chain_id=chain_id, index=index, refreshed=refreshed)
+                writes = accepted(self._take)
             except redis.RedisError as exc:
                 log.warning("metrics: a create (%s) not counted: %s", outcome, exc)
                 return
@@ -163,10 +172,17 @@ class Metrics:
 
         self._send(f"a create ({outcome})", queue)
 
-    def accepted(self, kind: str, *, chain_id: str, index: int) -> Also:
+    def accepted(
+        self, kind: str, *, chain_id: str, index: int, refreshed: float | None = None
+    ) -> Also:
         """``created`` for an accepted create, as writes for the commit that records the
         step's task (``Store.transition(also=...)``) instead of round trips of their own: the
-        count, and the turnaround it ends (read and cleared in that commit)."""
+        count, and the turnaround it ends (read and cleared in that commit).
+
+        ``refreshed``: when the previous step's end was recorded (its ``ended_at``). The part
+        of the turnaround up to then is how long the success callback's refresh waited to
+        run, kept for the sweep (``Keys.refresh_wait_last``); a wait for a slot or the
+        budget, and the create's retries, come after it and are left out of that."""
         now = self.clock()
 
         def also(read: Read) -> Writes:
@@ -177,9 +193,10 @@ class Metrics:
                 self._add(pipe, CREATES.name, (kind, CreateOutcome.ACCEPTED.value))
                 if arrival is not None and arrived is not None:
                     took = now - float(arrived)
+                    waited = max(0.0, min(now, refreshed or now) - float(arrived))
                     pipe.delete(arrival)
                     observe(pipe, self.keys, TURNAROUND, took)
-                    pipe.set(self.keys.turnaround_last, repr(took), ex=ARRIVAL_TTL)
+                    pipe.set(self.keys.refresh_wait_last, repr(waited), ex=ARRIVAL_TTL)
 
             return writes
 
@@ -210,13 +227,13 @@ class Metrics:
 
     def announced(self, steps: Sequence[tuple[str, int]], *, within: float) -> set[tuple[str, int]]:
         """The steps among ``steps`` (chain, index) that a callback said succeeded less than
-        ``within`` seconds ago (``queue_callback``), plus the latest turnaround (how long
-        such a callback's refresh waits to run now, under a backlog), and whose next step
+        ``within`` seconds ago (``queue_callback``), plus how long the latest such
+        callback's refresh waited to run (``accepted``: long under a backlog), and whose next step
         has not been created since (that create takes the arrival): the web queued the
         callback's refresh with it, and the refresh may still be waiting to run."""
         if not steps:
             return set()
-        keys = [self.keys.turnaround_last, *(self.keys.callback_arrived(*s) for s in steps)]
+        keys = [self.keys.refresh_wait_last, *(self.keys.callback_arrived(*s) for s in steps)]
         waited, *raws = self.redis.mget(keys)
         now = self.clock()
         within += _seconds_in(waited)
@@ -336,7 +353,7 @@ class Metrics:
 
 
 def _seconds_in(raw: bytes | str | None) -> float:
-    """The non-negative, finite seconds ``raw`` holds (``Keys.turnaround_last``), else 0."""
+    """The non-negative, finite seconds ``raw`` holds (``Keys.refresh_wait_last``), else 0."""
     try:
         value = float(raw) if raw is not None else 0.0
     except ValueError:
