@@ -177,6 +177,7 @@ def start_service(
     processes: tuple[str, ...] = ("web", "worker", "beat"),
     web_command: str | None = None,
     gateway_faults: str | None = None,
+    gateway_seed: int | None = None,
     code: Path | None = None,
     **settings: str,
 ) -> BenchService:
@@ -193,6 +194,8 @@ def start_service(
     gateway_args = ["--bytes-per-second", str(bytes_per_second), "--log-level", "warning"]
     if gateway_faults:
         gateway_args += ["--faults", gateway_faults]
+    if gateway_seed is not None:  # the same draws (task durations, drops) in every arm
+        gateway_args += ["--random-seed", str(gateway_seed)]
     commands = procfile_commands() if code is None else code_commands(code)
     if code is not None:
         # local_env upper-cases it into the environment of the processes, not the gateway's.

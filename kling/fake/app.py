@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
@@ -50,9 +51,14 @@ class Gateway:
         )
         self.video_format = config.content_format()
         self.mp4: Mp4Files | None = Mp4Files() if self.video_format == "mp4" else None
-        self.engine = Engine(settings, clock=clock, faults=config.initial_faults())
+        seed = config.random_seed
+        rng = None if seed is None else random.Random(seed)
+        self.engine = Engine(settings, clock=clock, faults=config.initial_faults(), rng=rng)
         self.credentials = Credentials(config.api_key, config.access_key, config.secret_key)
-        self.callbacks = CallbackSender(self.engine, webhook_secret=config.webhook_secret)
+        drops = None if seed is None else random.Random(seed + 1)  # apart from the durations
+        self.callbacks = CallbackSender(
+            self.engine, webhook_secret=config.webhook_secret, rng=drops
+        )
         self.seeded: list[Video] = [self.engine.seed_video(d) for d in config.seed_videos]
         self._timers: set[asyncio.Task[None]] = set()
 

@@ -42,6 +42,9 @@ class FakeConfig:
     expire_after: float = VIDEO_LIFETIME_SECONDS
     faults: Mapping[str, Any] = field(default_factory=dict)
     seed_videos: tuple[float, ...] = ()
+    # Seeds the draws of the fault knobs (task_seconds, callbacks.drop): two gateways with the
+    # same seed draw the same sequence, e.g. the same task durations for a benchmark's arms.
+    random_seed: int | None = None
 
     def __post_init__(self) -> None:
         if not self.delay >= 0:

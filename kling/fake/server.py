@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="start with a finished video of DURATION seconds (repeatable)",
     )
+    parser.add_argument(
+        "--random-seed",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seed the random draws of the fault knobs (task_seconds, callbacks.drop): the "
+        "same seed gives the same sequence of task durations and dropped callbacks",
+    )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info")
     return parser
 
@@ -227,6 +235,7 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str]) -> Fa
         expire_after=args.expire_after,
         faults=args.faults,
         seed_videos=tuple(args.seed_video),
+        random_seed=args.random_seed,
     )
 
 

@@ -6,8 +6,10 @@ import random
 
 import pytest
 
+from kling.fake.app import Gateway
 from kling.fake.engine import Engine, EngineSettings
 from kling.fake.faults import Faults
+from kling.fake.server import build_parser, config_from_args
 
 
 class Clock:
@@ -90,3 +92,26 @@ def test_a_bad_spread_is_refused_and_changes_nothing(value: object, message: str
     with pytest.raises(ValueError, match=message):
         faults.merged({"task_seconds": value})
     assert faults.task_seconds is None
+
+
+def durations(seed: int | None, count: int = 20) -> list[float]:
+    """The task durations a gateway started with ``--random-seed seed`` draws, in order."""
+    config = config_from_args(
+        build_parser().parse_args(
+            ["--faults", '{"task_seconds": [4, 6]}', "--video-format", "random"]
+            + ([] if seed is None else ["--random-seed", str(seed)])
+        ),
+        {},
+    )
+    fake = Gateway(config).engine
+    fake.seed_video(5.0, video_id="V", task_id="T")
+    tasks = [fake.create("video-extend", {"video_id": "V"}) for _ in range(count)]
+    return [t.finished_at - t.created_at for t in tasks]
+
+
+def test_gateways_started_with_one_random_seed_draw_the_same_durations() -> None:
+    # What lets a benchmark give its two arms one workload (bench/polling.py)
+    assert durations(1) == durations(1)
+    assert durations(1) != durations(2)
+    assert durations(None) != durations(None)  # unseeded: fresh draws each time
+    assert all(4.0 <= s <= 6.0 for s in durations(1))
