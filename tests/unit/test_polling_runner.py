@@ -185,6 +185,21 @@ def test_with_a_model_the_first_look_waits_for_the_shortest_tasks(rig: Rig) -> N
     assert countdown == pytest.approx(4.0 + 0.25 * 5.0)  # p5 + a quarter of the median
 
 
+def test_a_process_plans_by_the_samples_another_just_completed(rig: Rig) -> None:
+    """Too few samples are not cached: once another process (another pool child) adds the
+    one that completes them, the next plan here uses the curve, not the default a moment
+    longer (the first plan a second after the create, and a query for nothing)."""
+    here = rig.runner.durations
+    elsewhere = TaskDurations(rig.store.redis, rig.store.keys)
+    for seconds in (4.0, 4.5, 5.0, 5.5):
+        elsewhere.add("video-extend", seconds)
+    assert not here.of("video-extend").known  # read while one sample short
+    elsewhere.add("video-extend", 6.0)
+    rig.start()
+    _, countdown = rig.take_plan()
+    assert countdown == pytest.approx(4.02 + 0.25 * 5.0)  # p1 of the five + a quarter: not 1 s
+
+
 def callbacks_arriving_and_tasks_of_5_s(rig: Rig) -> None:
     CallbackSeen(rig.store.redis, rig.store.keys).saw(NOW - 1)
     learnt = TaskDurations(rig.store.redis, rig.store.keys)

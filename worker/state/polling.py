@@ -2,7 +2,9 @@
 
 - ``Durations``: the latest ``SAMPLE_SIZE`` durations per task kind (a list, LPUSH + LTRIM,
   expiring ``DURATIONS_TTL`` after the newest), read back as ``worker.core.polling.Durations``
-  and cached in the process for ``CACHE_SECONDS``: the curve moves slowly.
+  and cached in the process for ``CACHE_SECONDS``: the curve moves slowly. Not while a kind
+  has too few to plan by (``Durations.known``): the curve comes in with the samples that
+  complete it, in every process, not up to ``CACHE_SECONDS`` after.
 - ``CallbackSeen``: when a provider callback last passed its token check. The web process
   writes it at most once every ``SEEN_EVERY`` seconds (one SET), the worker and ``/healthz``
   read it (one GET, cached in the worker for ``CACHE_SECONDS``).
@@ -65,7 +67,8 @@ class TaskDurations:
             return cached[1]
         raws = self.redis.lrange(self.keys.task_durations(kind), 0, SAMPLE_SIZE - 1)
         durations = Durations.of(_seconds(raws))
-        self._cache[kind] = (now, durations)
+        if durations.known:  # else read again next time: the default curve plans until then
+            self._cache[kind] = (now, durations)
         return durations
 
 
