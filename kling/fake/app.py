@@ -51,11 +51,12 @@ class Gateway:
         )
         self.video_format = config.content_format()
         self.mp4: Mp4Files | None = Mp4Files() if self.video_format == "mp4" else None
+        # --random-seed: the durations' draws and the drops' apart, each restarted by a reset
         seed = config.random_seed
-        rng = None if seed is None else random.Random(seed)
+        self._draws = [] if seed is None else [random.Random(seed), random.Random(seed + 1)]
+        rng, drops = self._draws or (None, None)
         self.engine = Engine(settings, clock=clock, faults=config.initial_faults(), rng=rng)
         self.credentials = Credentials(config.api_key, config.access_key, config.secret_key)
-        drops = None if seed is None else random.Random(seed + 1)  # apart from the durations
         self.callbacks = CallbackSender(
             self.engine, webhook_secret=config.webhook_secret, rng=drops
         )
@@ -216,8 +217,11 @@ class Gateway:
         return JSONResponse(self.engine.faults.to_dict())
 
     def reset(self) -> None:
-        """Back to the start-up state: start-up knobs and seeded videos, nothing else."""
+        """Back to the start-up state: start-up knobs, seeded videos and, with
+        ``--random-seed``, the draws from their start; nothing else."""
         self.engine.reset()
+        for offset, draws in enumerate(self._draws):  # none without a seed
+            draws.seed((self.config.random_seed or 0) + offset)
         self.callbacks.forget_held()
         self.seeded = [
             self.engine.seed_video(v.duration, video_id=v.video_id, task_id=v.task_id)

@@ -94,8 +94,8 @@ def test_a_bad_spread_is_refused_and_changes_nothing(value: object, message: str
     assert faults.task_seconds is None
 
 
-def durations(seed: int | None, count: int = 20) -> list[float]:
-    """The task durations a gateway started with ``--random-seed seed`` draws, in order."""
+def gateway(seed: int | None) -> Gateway:
+    """A gateway started with ``--random-seed seed`` and tasks of 4-6 s."""
     config = config_from_args(
         build_parser().parse_args(
             ["--faults", '{"task_seconds": [4, 6]}', "--video-format", "random"]
@@ -103,7 +103,12 @@ def durations(seed: int | None, count: int = 20) -> list[float]:
         ),
         {},
     )
-    fake = Gateway(config).engine
+    return Gateway(config)
+
+
+def durations(seed: int | None, count: int = 20, made: Gateway | None = None) -> list[float]:
+    """The task durations a gateway started with ``--random-seed seed`` draws, in order."""
+    fake = (made or gateway(seed)).engine
     fake.seed_video(5.0, video_id="V", task_id="T")
     tasks = [fake.create("video-extend", {"video_id": "V"}) for _ in range(count)]
     return [t.finished_at - t.created_at for t in tasks]
@@ -115,3 +120,10 @@ def test_gateways_started_with_one_random_seed_draw_the_same_durations() -> None
     assert durations(1) != durations(2)
     assert durations(None) != durations(None)  # unseeded: fresh draws each time
     assert all(4.0 <= s <= 6.0 for s in durations(1))
+
+
+def test_a_reset_starts_a_seeded_gateways_draws_again() -> None:
+    made = gateway(1)
+    first = durations(1, made=made)
+    made.reset()
+    assert durations(1, made=made) == first

@@ -206,7 +206,7 @@ def test_an_announcement_lasts_as_much_longer_as_the_latest_refresh_waited(
         assert figures.announced([("c", 0)], within=30) == set()
 
 
-def test_a_wait_for_a_slot_or_the_budget_after_the_claim_is_no_refresh_wait(
+def test_a_wait_for_a_slot_or_the_budget_after_the_refresh_is_no_refresh_wait(
     figures: Metrics, client: fakeredis.FakeRedis, clock: Clock
 ) -> None:
     # Given a success callback whose refresh recorded the step's end 2 s later, and the next
