@@ -224,6 +224,7 @@ def run_pairs(
         ours(n)
     if baseline["runs"]:
         baseline["run"] = middle(baseline["runs"], "cpu_ms_per_step_without_gateway")
+        baseline["runs"] = [brief(b) for b in baseline["runs"]]
     return current, baseline
 
 
@@ -239,8 +240,15 @@ def succeeded(run: dict[str, Any], count: int) -> bool:
 
 def brief(run: dict[str, Any]) -> dict[str, Any]:
     """What one of several runs of a count keeps in the details."""
-    keys = ("seconds", "statuses", "cpu_ms_per_step", "cpu_ms_per_step_without_gateway")
-    return {k: run[k] for k in (*keys, "cpu_speed_ms_after", "foreign_cores") if k in run}
+    keys = (
+        "seconds",
+        "statuses",
+        "cpu_ms_per_step",
+        "cpu_ms_per_step_without_gateway",
+        "cpu_speed_ms_after",
+        "foreign_cores",
+    )
+    return {k: run[k] for k in keys if k in run}
 
 
 def fmt_runs(values: list[float]) -> str:
@@ -277,8 +285,6 @@ def run(root: Path, *, quick: bool) -> Section:
     old: dict[str, Any] | None = baseline.get("run")
     old_name = f"code at {baseline['commit'][:7]} (same run)" if old else None
     old_note = f"; {baseline['note']}" if baseline.get("note") else ""
-    if old:
-        baseline["runs"] = [brief(b) for b in baseline["runs"]]
     for count, r in runs.items():
         label = f"{count:,} x {STEPS}"
         ok = r["all_succeeded"]
